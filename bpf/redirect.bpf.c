@@ -1,0 +1,289 @@
+// SPDX-License-Identifier: GPL-2.0
+/* redirect.bpf.c: tc ingress program on every pod veth and uplink of a node.
+ *
+ * It decides, per packet, whether TCP belongs to the node proxy and hands it to the proxy's
+ * socket with bpf_sk_assign; everything else goes back to the kernel untouched
+ * (TC_ACT_UNSPEC, so a CNI's own filters still run). It never rewrites packets and never
+ * forwards them anywhere itself. When capture is required but impossible (no listener,
+ * no proxy socket) it drops: plaintext must not leave the node (fail closed).
+ *
+ * Maps (layouts in weft_maps.h) decide what is captured, not attachment: the program sits on
+ * every interface and a pod joins or leaves the mesh by a map entry.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "weft_maps.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, WEFT_SLOT_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} weft_listeners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_PODS);
+	__type(key, __u32);
+	__type(value, struct weft_pod);
+} weft_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct weft_iface);
+} weft_ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_HOST_ADDRS);
+	__type(key, __u32);
+	__type(value, __u32);
+} weft_host_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct weft_config);
+} weft_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, WEFT_MAX_PODS + 1);
+	__type(key, __u32);
+	__type(value, struct weft_counters);
+} weft_counters SEC(".maps");
+
+enum counter {
+	C_CAPTURED_OUTBOUND,
+	C_CAPTURED_INBOUND,
+	C_CAPTURED_HBONE,
+	C_BYPASSED,
+	C_DROPPED_NO_LISTENER,
+	C_DROPPED_SPOOFED,
+	C_DROPPED_STRAY,
+	C_DROPPED_IPV6,
+	C_DROPPED_FRAGMENT,
+};
+
+static __always_inline void count(__u32 pod_ip, enum counter which)
+{
+	struct weft_counters *c = bpf_map_lookup_elem(&weft_counters, &pod_ip);
+
+	if (!c) {
+		struct weft_counters zero = {};
+
+		/* BPF_NOEXIST: another CPU may have created it meanwhile; either way look again. */
+		bpf_map_update_elem(&weft_counters, &pod_ip, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&weft_counters, &pod_ip);
+		if (!c)
+			return; /* map full: the packet decision stands, only the count is lost */
+	}
+	switch (which) {
+	case C_CAPTURED_OUTBOUND: c->captured_outbound++; break;
+	case C_CAPTURED_INBOUND: c->captured_inbound++; break;
+	case C_CAPTURED_HBONE: c->captured_hbone++; break;
+	case C_BYPASSED: c->bypassed++; break;
+	case C_DROPPED_NO_LISTENER: c->dropped_no_listener++; break;
+	case C_DROPPED_SPOOFED: c->dropped_spoofed++; break;
+	case C_DROPPED_STRAY: c->dropped_stray++; break;
+	case C_DROPPED_IPV6: c->dropped_ipv6++; break;
+	case C_DROPPED_FRAGMENT: c->dropped_fragment++; break;
+	}
+}
+
+static __always_inline int is_enrolled(__u32 ip)
+{
+	const struct weft_pod *pod = bpf_map_lookup_elem(&weft_pods, &ip);
+
+	return pod && (pod->flags & WEFT_POD_ENROLLED);
+}
+
+/* Marks a captured packet so `ip rule fwmark` routes it to the local table: without it the
+ * kernel would try to forward a packet whose destination is not a node address and drop it. */
+static __always_inline void mark_captured(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	const struct weft_config *cfg = bpf_map_lookup_elem(&weft_config, &zero);
+
+	if (cfg && cfg->mark_mask)
+		skb->mark = (skb->mark & ~cfg->mark_mask) | (cfg->mark & cfg->mark_mask);
+}
+
+/* Hands a packet of an existing connection to the socket that owns its 4-tuple, unless that
+ * is a listener (new connections go to the capture listeners instead). TIME_WAIT sockets are
+ * included: they answer the peer's last ACK or a retransmitted FIN. Returns 1 when assigned. */
+static __always_inline int assign_established(struct __sk_buff *skb, struct bpf_sock_tuple *tuple)
+{
+	struct bpf_sock *sk;
+	int assigned = 0;
+
+	sk = bpf_skc_lookup_tcp(skb, tuple, sizeof(tuple->ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	if (sk->state != BPF_TCP_LISTEN)
+		assigned = bpf_sk_assign(skb, sk, 0) == 0;
+	bpf_sk_release(sk);
+	if (assigned)
+		mark_captured(skb);
+	return assigned;
+}
+
+/* Hands a new connection (SYN) to the capture listener in `slot`; drops when there is none. */
+static __always_inline int assign_listener(struct __sk_buff *skb, __u32 slot, __u32 pod_ip,
+					   enum counter captured)
+{
+	struct bpf_sock *listener = bpf_map_lookup_elem(&weft_listeners, &slot);
+	long err;
+
+	if (!listener) {
+		count(pod_ip, C_DROPPED_NO_LISTENER);
+		return TC_ACT_SHOT;
+	}
+	err = bpf_sk_assign(skb, listener, 0);
+	bpf_sk_release(listener);
+	if (err) {
+		count(pod_ip, C_DROPPED_NO_LISTENER);
+		return TC_ACT_SHOT;
+	}
+	mark_captured(skb);
+	count(pod_ip, captured);
+	return TC_ACT_OK;
+}
+
+static __always_inline int handle_ipv6(struct __sk_buff *skb, void *data, void *data_end,
+				       const struct weft_iface *from_pod)
+{
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+	__u8 next;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return TC_ACT_UNSPEC;
+	next = ip6->nexthdr;
+	/* Extension headers could hide TCP; with no IPv6 capture, treat them as TCP. */
+	if (next != IPPROTO_TCP && next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+	    next != IPPROTO_FRAGMENT && next != IPPROTO_DSTOPTS)
+		return TC_ACT_UNSPEC;
+	if (from_pod && is_enrolled(from_pod->pod_ip)) {
+		count(from_pod->pod_ip, C_DROPPED_IPV6);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int weft_redirect(struct __sk_buff *skb)
+{
+	const __u32 l4_off = sizeof(struct ethhdr) + sizeof(struct iphdr);
+	struct bpf_sock_tuple tuple = {};
+	const struct weft_iface *from_pod;
+	__u32 ifindex = skb->ifindex;
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct tcphdr *tcp;
+	int new_connection;
+	__u32 src, dst;
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_UNSPEC;
+
+	from_pod = bpf_map_lookup_elem(&weft_ifaces, &ifindex);
+
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return handle_ipv6(skb, data, data_end, from_pod);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_UNSPEC;
+
+	ip = data + sizeof(*eth);
+	if ((void *)(ip + 1) > data_end)
+		return TC_ACT_UNSPEC;
+	src = ip->saddr;
+	dst = ip->daddr;
+
+	/* Anti-spoofing applies to every protocol: a pod speaks only with its own address. */
+	if (from_pod && src != from_pod->pod_ip) {
+		count(from_pod->pod_ip, C_DROPPED_SPOOFED);
+		return TC_ACT_SHOT;
+	}
+	if (ip->protocol != IPPROTO_TCP)
+		return TC_ACT_UNSPEC;
+
+	int src_enrolled = from_pod && is_enrolled(src);
+	int dst_enrolled = !src_enrolled && is_enrolled(dst);
+
+	if (!src_enrolled && !dst_enrolled) {
+		if (from_pod)
+			count(src, C_BYPASSED);
+		return TC_ACT_UNSPEC;
+	}
+
+	/* From here on the packet is the mesh's: every path either assigns it or drops it. */
+	__u32 owner = src_enrolled ? src : dst;
+
+	if (ip->frag_off & bpf_htons(0x3fff)) {
+		count(owner, C_DROPPED_FRAGMENT);
+		return TC_ACT_SHOT;
+	}
+	if (ip->ihl != 5) {
+		/* IP options are unused by TCP between pods; refusing them keeps the offsets fixed. */
+		count(owner, C_DROPPED_STRAY);
+		return TC_ACT_SHOT;
+	}
+	if (l4_off + sizeof(struct tcphdr) > skb->len) {
+		count(owner, C_DROPPED_STRAY);
+		return TC_ACT_SHOT;
+	}
+	if (data + l4_off + sizeof(struct tcphdr) > data_end) {
+		if (bpf_skb_pull_data(skb, l4_off + sizeof(struct tcphdr)))
+			return TC_ACT_SHOT;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	ip = data + sizeof(struct ethhdr);
+	tcp = data + l4_off;
+	if ((void *)(ip + 1) > data_end || (void *)(tcp + 1) > data_end)
+		return TC_ACT_SHOT;
+
+	tuple.ipv4.saddr = src;
+	tuple.ipv4.daddr = dst;
+	tuple.ipv4.sport = tcp->source;
+	tuple.ipv4.dport = tcp->dest;
+	new_connection = tcp->syn && !tcp->ack;
+
+	if (!new_connection) {
+		if (assign_established(skb, &tuple))
+			return TC_ACT_OK;
+		/* A reply to the node itself (kubelet probes go out through the veth's egress,
+		 * uncaptured) is the one plaintext an enrolled pod may send without the proxy. */
+		if (src_enrolled && bpf_map_lookup_elem(&weft_host_addrs, &dst))
+			return TC_ACT_UNSPEC;
+		count(owner, C_DROPPED_STRAY);
+		return TC_ACT_SHOT;
+	}
+
+	if (src_enrolled)
+		return assign_listener(skb, WEFT_SLOT_OUTBOUND, src, C_CAPTURED_OUTBOUND);
+
+	__u32 zero = 0;
+	const struct weft_config *cfg = bpf_map_lookup_elem(&weft_config, &zero);
+
+	if (cfg && cfg->hbone_port && tcp->dest == bpf_htons((__u16)cfg->hbone_port))
+		return assign_listener(skb, WEFT_SLOT_HBONE, dst, C_CAPTURED_HBONE);
+	return assign_listener(skb, WEFT_SLOT_INBOUND, dst, C_CAPTURED_INBOUND);
+}

@@ -1,0 +1,35 @@
+// Relaying bytes between two connected sockets in both directions, keeping half-closes
+// (one side's FIN becomes the other side's FIN) and reporting bytes each way.
+import type { Socket } from 'node:net';
+
+export interface RelayResult {
+  /** Bytes the downstream (client side) sent, delivered upstream. */
+  readonly sent: number;
+  /** Bytes the upstream sent back, delivered downstream. */
+  readonly received: number;
+  /** The first socket error, if the relay ended by one (the other side was reset). */
+  readonly error?: Error;
+}
+
+export function relay(downstream: Socket, upstream: Socket): Promise<RelayResult> {
+  return new Promise((resolve) => {
+    let firstError: Error | undefined;
+    let open = 2;
+    const onError = (error: Error) => {
+      firstError ??= error;
+      downstream.destroy();
+      upstream.destroy();
+    };
+    const onClose = () => {
+      if (--open > 0) return;
+      resolve({ sent: upstream.bytesWritten, received: downstream.bytesWritten, error: firstError });
+    };
+    downstream.on('error', onError);
+    upstream.on('error', onError);
+    downstream.once('close', onClose);
+    upstream.once('close', onClose);
+    downstream.pipe(upstream);
+    upstream.pipe(downstream);
+    // Each socket is destroyed by Node once it has both received and sent FIN (autoDestroy).
+  });
+}

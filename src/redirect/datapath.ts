@@ -1,0 +1,196 @@
+// The node's BPF state as one object: the redirect program loaded with its maps pinned under
+// the bpffs directory (adopted when already there), the program attached to interfaces, the
+// listener slots, and the local-delivery routing. It does not decide WHICH pods are enrolled
+// (see enrollment.ts) and never detaches anything except on explicit cleanup.
+import { existsSync, mkdirSync, readdirSync, rmSync, statfsSync, unlinkSync } from 'node:fs';
+import {
+  attachIngress,
+  attachedProgramId,
+  detachIngress,
+  listInterfaces,
+  type AttachMode,
+  type Interface,
+} from '../bpf/attach.js';
+import { check } from '../bpf/errors.js';
+import { buildDir, libbpf } from '../bpf/ffi.js';
+import { BpfObject } from '../bpf/object.js';
+import {
+  MAP_NAMES,
+  PROGRAM_NAME,
+  WEFT_ABI_VERSION,
+  openWeftMaps,
+  type ListenerSlot,
+  type WeftMaps,
+} from '../bpf/weft-maps.js';
+import { installLocalDelivery, removeLocalDelivery, type LocalDeliveryRouting } from './routing.js';
+
+export interface DatapathOptions {
+  /** Directory on a bpffs where maps, program and links are pinned. */
+  readonly bpffsDir: string;
+  readonly attachMode: AttachMode;
+  readonly routing: LocalDeliveryRouting;
+  readonly hbonePort: number;
+  readonly objectPath?: string;
+}
+
+export const DEFAULT_OBJECT_PATH = `${buildDir}/redirect.bpf.o`;
+
+function linkPinPath(bpffsDir: string, iface: Interface): string {
+  return `${bpffsDir}/links/${iface.index}`;
+}
+
+export class Datapath {
+  readonly maps: WeftMaps;
+  readonly programFd: number;
+  private readonly attached = new Map<number, Interface>();
+
+  private constructor(
+    private readonly object: BpfObject,
+    readonly options: DatapathOptions,
+  ) {
+    this.maps = openWeftMaps(object);
+    this.programFd = object.programFd(PROGRAM_NAME);
+  }
+
+  /** Loads the program, adopting pinned maps, and installs the routing for captured packets. */
+  static open(options: DatapathOptions): Datapath {
+    assertBpffs(options.bpffsDir);
+    const objectPath = options.objectPath ?? DEFAULT_OBJECT_PATH;
+    if (!existsSync(objectPath)) {
+      throw new Error(`${objectPath} is missing: run \`npm run build\` (needs clang)`);
+    }
+    const object = BpfObject.open(objectPath);
+    try {
+      object.pinMapsUnder(`${options.bpffsDir}/maps`, MAP_NAMES);
+      object.load();
+      const datapath = new Datapath(object, options);
+      datapath.configure();
+      datapath.pinProgram();
+      installLocalDelivery(options.routing);
+      return datapath;
+    } catch (error) {
+      object.close();
+      throw error;
+    }
+  }
+
+  private configure(): void {
+    const previous = this.maps.config.get(0);
+    if (previous && previous.abiVersion !== 0 && previous.abiVersion !== WEFT_ABI_VERSION) {
+      throw new Error(
+        `pinned maps in ${this.options.bpffsDir} come from an incompatible weft (layout ${previous.abiVersion}, this is ${WEFT_ABI_VERSION}); run \`weft node --cleanup\` with the same --bpffs`,
+      );
+    }
+    this.maps.config.set(0, {
+      abiVersion: WEFT_ABI_VERSION,
+      mark: this.options.routing.mark,
+      markMask: this.options.routing.mask,
+      hbonePort: this.options.hbonePort,
+    });
+  }
+
+  private pinProgram(): void {
+    const path = `${this.options.bpffsDir}/prog_redirect`;
+    if (existsSync(path)) unlinkSync(path);
+    check(libbpf.objPin(this.programFd, path), `pin program at ${path}`);
+  }
+
+  /** Attaches (or atomically replaces) the program on an interface; idempotent. */
+  attach(iface: Interface): void {
+    const known = this.attached.get(iface.index);
+    if (known && known.name === iface.name) return;
+    attachIngress({
+      iface,
+      programFd: this.programFd,
+      mode: this.options.attachMode,
+      linkPinPath: linkPinPath(this.options.bpffsDir, iface),
+      programName: 'redirect',
+    });
+    this.attached.set(iface.index, iface);
+  }
+
+  attachedInterfaces(): Interface[] {
+    return [...this.attached.values()];
+  }
+
+  /** Forgets interfaces that no longer exist (their tcx links went with them). */
+  forgetMissing(present: readonly Interface[]): Interface[] {
+    const alive = new Set(present.map((i) => i.index));
+    const gone: Interface[] = [];
+    for (const [index, iface] of this.attached) {
+      if (!alive.has(index)) {
+        this.attached.delete(index);
+        gone.push(iface);
+        const pin = linkPinPath(this.options.bpffsDir, iface);
+        if (existsSync(pin)) unlinkSync(pin);
+      }
+    }
+    return gone;
+  }
+
+  setListener(slot: ListenerSlot, socketFd: number): void {
+    check(
+      libbpf.mapUpdate(this.maps.listeners.fd, u32(slot), u64(BigInt(socketFd)), 0),
+      `put listener into slot ${slot}`,
+    );
+  }
+
+  /** Whether the program id on `iface` is the one this process loaded. */
+  programIdOn(iface: Interface): number | undefined {
+    return attachedProgramId(iface, this.options.attachMode, linkPinPath(this.options.bpffsDir, iface));
+  }
+
+  /** Releases this process's handles; pinned and attached state stays (fail closed). */
+  close(): void {
+    this.object.close();
+  }
+}
+
+/** Removes every program, link, pin, rule and route weft added (`weft node --cleanup`). */
+export function removeDatapath(options: Omit<DatapathOptions, 'hbonePort'>): string[] {
+  const removed: string[] = [];
+  for (const iface of listInterfaces()) {
+    const pin = linkPinPath(options.bpffsDir, iface);
+    const hadProgram =
+      options.attachMode === 'tc'
+        ? attachedProgramId(iface, 'tc', pin) !== undefined
+        : existsSync(pin);
+    if (hadProgram) {
+      detachIngress(iface, options.attachMode, pin);
+      removed.push(`program on ${iface.name}`);
+    }
+  }
+  removeLocalDelivery(options.routing);
+  removed.push('fwmark rule and local route');
+  if (existsSync(options.bpffsDir)) {
+    for (const entry of readdirSync(options.bpffsDir)) {
+      rmSync(`${options.bpffsDir}/${entry}`, { recursive: true, force: true });
+      removed.push(`pin ${entry}`);
+    }
+    rmSync(options.bpffsDir, { recursive: true, force: true });
+  }
+  return removed;
+}
+
+const BPF_FS_MAGIC = 0xcafe4a11;
+
+function assertBpffs(dir: string): void {
+  mkdirSync(dir, { recursive: true });
+  if (statfsSync(dir).type !== BPF_FS_MAGIC) {
+    throw new Error(
+      `${dir} is not on a bpffs: mount one (mount -t bpf bpf /sys/fs/bpf) or pass --bpffs <dir on bpffs>`,
+    );
+  }
+}
+
+function u32(value: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(value);
+  return b;
+}
+
+function u64(value: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(value);
+  return b;
+}

@@ -1,0 +1,50 @@
+// Capture listeners: IP_TRANSPARENT listening sockets made through FFI (Node cannot set that
+// option) and adopted by net.Server, so the node proxy accepts connections for any original
+// destination that the redirect program hands it.
+import { Server, type Socket } from 'node:net';
+import { KernelError } from '../bpf/errors.js';
+import { libc, native } from '../bpf/ffi.js';
+
+export interface CaptureListener {
+  readonly name: string;
+  readonly fd: number;
+  readonly server: Server;
+  close(): Promise<void>;
+}
+
+const EADDRINUSE = 98;
+
+export async function openCaptureListener(
+  name: string,
+  ip: string,
+  port: number,
+  onConnection: (socket: Socket) => void,
+): Promise<CaptureListener> {
+  const fd = native.listenTransparent(ip, port, 4096);
+  if (fd < 0) {
+    const hint =
+      -fd === EADDRINUSE
+        ? `port ${port} is in use: stop what holds it, or is another weft node already running with these flags?`
+        : undefined;
+    throw new KernelError(`open ${name} listener on ${ip}:${port}`, -fd, hint);
+  }
+  const server = new Server({ allowHalfOpen: true, pauseOnConnect: false }, onConnection);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ fd }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (error) {
+    libc.close(fd);
+    throw error;
+  }
+  return {
+    name,
+    fd,
+    server,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
