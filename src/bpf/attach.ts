@@ -158,4 +158,3 @@ function openLiveLink(pinPath: string, ifindex: number): number | undefined {
   unlinkSync(pinPath);
   return undefined;
 }
-

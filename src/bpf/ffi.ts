@@ -40,7 +40,9 @@ export const libbpf = {
     'bpf_program *bpf_object__find_program_by_name(bpf_object *obj, const char *name)',
   ),
   programFd: libbpfLib.func('int bpf_program__fd(bpf_program *prog)'),
-  findMap: libbpfLib.func('bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)'),
+  findMap: libbpfLib.func(
+    'bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)',
+  ),
   mapFd: libbpfLib.func('int bpf_map__fd(bpf_map *map)'),
   mapSetPinPath: libbpfLib.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
   mapIsPinned: libbpfLib.func('bool bpf_map__is_pinned(bpf_map *map)'),
@@ -72,7 +74,9 @@ export const native = {
   listenTransparent: nativeLib.func(
     'int weft_listen_transparent(const char *ip, int port, int backlog)',
   ),
-  listenReuseport: nativeLib.func('int weft_listen_reuseport(const char *ip, int port, int backlog)'),
+  listenReuseport: nativeLib.func(
+    'int weft_listen_reuseport(const char *ip, int port, int backlog)',
+  ),
   socketTransparent: nativeLib.func('int weft_socket_transparent(const char *ip, int port)'),
   originalDst: nativeLib.func(
     'int weft_original_dst(int fd, _Out_ char *ip, int ip_len, _Out_ int *port)',
@@ -80,7 +84,9 @@ export const native = {
   tcAttach: nativeLib.func(
     'int weft_tc_attach(int ifindex, int prog_fd, unsigned int priority, unsigned int handle, int replace)',
   ),
-  tcDetach: nativeLib.func('int weft_tc_detach(int ifindex, unsigned int priority, unsigned int handle)'),
+  tcDetach: nativeLib.func(
+    'int weft_tc_detach(int ifindex, unsigned int priority, unsigned int handle)',
+  ),
   tcQuery: nativeLib.func(
     'int weft_tc_query(int ifindex, unsigned int priority, unsigned int handle, _Out_ unsigned int *prog_id)',
   ),

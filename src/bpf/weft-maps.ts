@@ -1,6 +1,7 @@
 // The redirect program's maps, typed. Mirrors bpf/weft_maps.h field for field; this is the
 // only TypeScript that knows those layouts.
-import { libbpf } from './ffi.js';
+import { check } from './errors.js';
+import { libbpf, libc } from './ffi.js';
 import {
   PerCpuCounterMap,
   TypedMap,
@@ -34,7 +35,6 @@ export enum ListenerSlot {
 export const POD_ENROLLED = 1;
 
 export type PodEntry = { flags: number; ifindex: number };
-export type IfaceEntry = { podIp: number; flags: number };
 export type DatapathConfig = {
   abiVersion: number;
   mark: number;
@@ -95,7 +95,12 @@ export function openWeftMaps(object: BpfObject): WeftMaps {
   const fd = (name: (typeof MAP_NAMES)[number]) => object.mapFd(name);
   return {
     listeners: new TypedMap('weft_listeners', fd('weft_listeners'), u32Codec, u64Codec),
-    pods: new TypedMap('weft_pods', fd('weft_pods'), ipv4Codec, u32StructCodec<PodEntry>(['flags', 'ifindex'])),
+    pods: new TypedMap(
+      'weft_pods',
+      fd('weft_pods'),
+      ipv4Codec,
+      u32StructCodec<PodEntry>(['flags', 'ifindex']),
+    ),
     ifaces: new TypedMap('weft_ifaces', fd('weft_ifaces'), u32Codec, ifaceCodec),
     hostAddrs: new TypedMap('weft_host_addrs', fd('weft_host_addrs'), ipv4Codec, u32Codec),
     config: new TypedMap(
@@ -111,5 +116,27 @@ export function openWeftMaps(object: BpfObject): WeftMaps {
       COUNTER_FIELDS,
       libbpf.numPossibleCpus(),
     ),
+  };
+}
+
+/**
+ * The counters map of a node proxy, opened from its pin (for `weft demo`, tests and status
+ * tools that run outside the proxy process). Close the returned fd with `close()`.
+ */
+export function openPinnedCounters(bpffsDir: string): {
+  counters: PerCpuCounterMap<string, PodCounters>;
+  close(): void;
+} {
+  const path = `${bpffsDir}/maps/weft_counters`;
+  const fd = check(libbpf.objGet(path), `open pinned map ${path}`);
+  return {
+    counters: new PerCpuCounterMap(
+      'weft_counters',
+      fd,
+      ipv4Codec,
+      COUNTER_FIELDS,
+      libbpf.numPossibleCpus(),
+    ),
+    close: () => libc.close(fd),
   };
 }

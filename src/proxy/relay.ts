@@ -22,7 +22,11 @@ export function relay(downstream: Socket, upstream: Socket): Promise<RelayResult
     };
     const onClose = () => {
       if (--open > 0) return;
-      resolve({ sent: upstream.bytesWritten, received: downstream.bytesWritten, error: firstError });
+      resolve({
+        sent: upstream.bytesWritten,
+        received: downstream.bytesWritten,
+        error: firstError,
+      });
     };
     downstream.on('error', onError);
     upstream.on('error', onError);

@@ -137,7 +137,11 @@ export class Datapath {
 
   /** Whether the program id on `iface` is the one this process loaded. */
   programIdOn(iface: Interface): number | undefined {
-    return attachedProgramId(iface, this.options.attachMode, linkPinPath(this.options.bpffsDir, iface));
+    return attachedProgramId(
+      iface,
+      this.options.attachMode,
+      linkPinPath(this.options.bpffsDir, iface),
+    );
   }
 
   /** Releases this process's handles; pinned and attached state stays (fail closed). */

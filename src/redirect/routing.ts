@@ -22,7 +22,10 @@ export function installLocalDelivery(routing: LocalDeliveryRouting): void {
   if (route !== -EEXIST) check(route, `add local route to table ${routing.table}`);
   const rule = native.ruleAdd(routing.mark, routing.mask, routing.table, routing.rulePriority);
   if (rule !== -EEXIST) {
-    check(rule, `add rule fwmark ${hex(routing.mark)}/${hex(routing.mask)} lookup ${routing.table}`);
+    check(
+      rule,
+      `add rule fwmark ${hex(routing.mark)}/${hex(routing.mask)} lookup ${routing.table}`,
+    );
   }
 }
 
@@ -31,7 +34,8 @@ export function removeLocalDelivery(routing: LocalDeliveryRouting): void {
   const rule = native.ruleDel(routing.mark, routing.mask, routing.table, routing.rulePriority);
   if (rule !== -ENOENT && rule !== -ESRCH) check(rule, `delete weft's fwmark rule`);
   const route = native.localRouteDel(routing.table, interfaceIndex('lo'));
-  if (route !== -ENOENT && route !== -ESRCH) check(route, `delete local route in table ${routing.table}`);
+  if (route !== -ENOENT && route !== -ESRCH)
+    check(route, `delete local route in table ${routing.table}`);
 }
 
 function hex(n: number): string {

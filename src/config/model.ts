@@ -1,0 +1,145 @@
+// config/model.ts: the cluster model weft works from: plain, readonly types translated from
+// Kubernetes objects (only the fields weft uses), and the registry of kinds that ties each
+// kind to its place in ClusterState. It holds no behaviour beyond small pure helpers; it must
+// not parse, validate, log, or touch the kernel or the network.
+//
+// Adding a kind (Service, EndpointSlice, ...): add its type here, an entry in KindMap and in
+// KIND_INFO, a field in ClusterState, and a translator in kinds/ registered in translate.ts.
+
+/** Reference to one cluster object. `namespace` is absent for cluster-scoped kinds. */
+export interface ObjectRef {
+  readonly kind: string;
+  readonly namespace?: string;
+  readonly name: string;
+}
+
+/** A Pod, as weft sees it. */
+export interface Workload {
+  /** metadata.uid, or `<namespace>/<name>` when the manifest carries none (files rarely do). */
+  readonly uid: string;
+  readonly name: string;
+  readonly namespace: string;
+  readonly nodeName: string;
+  /** spec.serviceAccountName, `default` when absent. */
+  readonly serviceAccount: string;
+  /** status.podIP, IPv4 dotted quad. Empty only for a hostNetwork pod that reports none. */
+  readonly ip: string;
+  /** status.podIPs (ip first), IPv4 or IPv6. */
+  readonly ips: readonly string[];
+  readonly labels: Readonly<Record<string, string>>;
+  readonly annotations: Readonly<Record<string, string>>;
+  readonly hostNetwork: boolean;
+  /** status.phase; `Running` when the manifest omits it (hand-written files usually do). */
+  readonly phase: string;
+}
+
+export interface Namespace {
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly annotations: Readonly<Record<string, string>>;
+}
+
+export interface Node {
+  readonly name: string;
+  /** IP addresses from status.addresses: InternalIP entries first, then ExternalIP. */
+  readonly addresses: readonly string[];
+  readonly labels: Readonly<Record<string, string>>;
+}
+
+/** Kind name -> translated value. The single list of kinds the config layer understands. */
+export interface KindMap {
+  Pod: Workload;
+  Namespace: Namespace;
+  Node: Node;
+}
+export type Kind = keyof KindMap;
+
+export interface ClusterState {
+  /** Increments on every change published by the store; 0 is the empty initial state. */
+  readonly generation: number;
+  /** Keyed by `<namespace>/<name>`. */
+  readonly workloads: ReadonlyMap<string, Workload>;
+  readonly namespaces: ReadonlyMap<string, Namespace>;
+  readonly nodes: ReadonlyMap<string, Node>;
+}
+
+/** The ClusterState field of each kind, and whether the kind is namespaced. */
+export const KIND_INFO = {
+  Pod: { field: 'workloads', namespaced: true },
+  Namespace: { field: 'namespaces', namespaced: false },
+  Node: { field: 'nodes', namespaced: false },
+} as const satisfies {
+  readonly [K in Kind]: { readonly field: keyof ClusterState; readonly namespaced: boolean };
+};
+
+export const KINDS: readonly Kind[] = Object.keys(KIND_INFO) as Kind[];
+
+export function isKind(kind: string): kind is Kind {
+  return Object.prototype.hasOwnProperty.call(KIND_INFO, kind);
+}
+
+/** Where a translated object came from (file and 1-based line for the file source). */
+export interface Origin {
+  readonly source?: string;
+  readonly file?: string;
+  readonly line?: number;
+}
+
+/** A validated object ready for the store, tagged with its kind so `value` narrows. */
+export type TranslatedObject = {
+  [K in Kind]: {
+    readonly kind: K;
+    readonly ref: ObjectRef;
+    readonly value: KindMap[K];
+    readonly origin: Origin;
+  };
+}[Kind];
+
+export interface KindDiff {
+  readonly added: readonly ObjectRef[];
+  readonly updated: readonly ObjectRef[];
+  readonly removed: readonly ObjectRef[];
+}
+
+/** What changed between two generations, per kind. */
+export type ClusterDiff = { readonly [K in Kind]: KindDiff };
+
+/** Pod and Namespace annotation that enrolls (`ambient`) or opts out (`none`). */
+export const ANNOTATION_DATAPLANE_MODE = 'weft.io/dataplane-mode';
+export const DATAPLANE_MODES = ['ambient', 'none'] as const;
+export type DataplaneMode = (typeof DATAPLANE_MODES)[number];
+
+export const DEFAULT_NAMESPACE = 'default';
+export const DEFAULT_SERVICE_ACCOUNT = 'default';
+
+/** Key of an object within its kind: `<namespace>/<name>` or `<name>`. */
+export function objectKey(ref: ObjectRef): string {
+  return ref.namespace === undefined ? ref.name : `${ref.namespace}/${ref.name}`;
+}
+
+/** Key of an object across kinds: `<kind>/<namespace>/<name>` or `<kind>/<name>`. */
+export function refKey(ref: ObjectRef): string {
+  return `${ref.kind}/${objectKey(ref)}`;
+}
+
+/** `Pod default/web`, `Node node-1`; just the kind when the name is unknown (''). */
+export function formatRef(ref: ObjectRef): string {
+  return ref.name === '' ? ref.kind : `${ref.kind} ${objectKey(ref)}`;
+}
+
+export function emptyClusterState(): ClusterState {
+  return { generation: 0, workloads: new Map(), namespaces: new Map(), nodes: new Map() };
+}
+
+export function emptyDiff(): ClusterDiff {
+  const diff = {} as Record<Kind, KindDiff>;
+  for (const k of KINDS) diff[k] = { added: [], updated: [], removed: [] };
+  return diff;
+}
+
+export function isEmptyDiff(diff: ClusterDiff): boolean {
+  return KINDS.every(
+    (k) =>
+      diff[k].added.length === 0 && diff[k].updated.length === 0 && diff[k].removed.length === 0,
+  );
+}

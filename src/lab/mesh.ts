@@ -1,0 +1,146 @@
+// lab/mesh.ts: runs weft node proxies on a Lab (one per node namespace) from manifests written
+// into the lab's scratch directory, and reads back what they did (access log lines, BPF
+// counters). Shared by the end-to-end tests, the benchmarks and `weft demo`. It starts and
+// stops only the processes it spawned, by PID.
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { stringify } from 'yaml';
+import { openPinnedCounters, type PodCounters } from '../bpf/weft-maps.js';
+import type { Lab, LabNode, LabProcess } from './cluster.js';
+
+export const WEFT_CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+
+export interface AccessEntry {
+  event: 'connection';
+  id: number;
+  direction: 'outbound' | 'inbound';
+  path: string;
+  src: string;
+  dst: string;
+  srcWorkload?: string;
+  dstWorkload?: string;
+  bytesSent?: number;
+  bytesReceived?: number;
+  refused?: string;
+  error?: string;
+}
+
+export interface MeshOptions {
+  /** Annotations per Kubernetes namespace (e.g. enroll a whole namespace). */
+  readonly namespaceAnnotations?: Record<string, Record<string, string>>;
+  /** Extra `weft node` flags for every node. */
+  readonly nodeArgs?: readonly string[];
+  readonly logLevel?: string;
+}
+
+export class LabMesh {
+  readonly configDir: string;
+  private readonly proxies = new Map<string, LabProcess>();
+
+  private constructor(
+    readonly lab: Lab,
+    private readonly options: MeshOptions,
+  ) {
+    this.configDir = `${lab.dir}/cluster`;
+  }
+
+  /** Writes the manifests and starts a node proxy on every node. */
+  static async start(lab: Lab, options: MeshOptions = {}): Promise<LabMesh> {
+    const mesh = new LabMesh(lab, options);
+    await mesh.writeManifests();
+    await Promise.all(lab.nodes.map((n) => mesh.startNode(n.name)));
+    return mesh;
+  }
+
+  /** Rewrites the cluster manifests from the lab's pods (after changing their annotations). */
+  async writeManifests(): Promise<void> {
+    await mkdir(this.configDir, { recursive: true });
+    const namespaces = [...new Set(this.lab.pods.map((p) => p.namespace))].map((name) => ({
+      apiVersion: 'v1',
+      kind: 'Namespace',
+      metadata: { name, annotations: this.options.namespaceAnnotations?.[name] ?? {} },
+    }));
+    const docs = [...namespaces, ...this.lab.nodeObjects(), ...this.lab.podObjects()];
+    const text = docs.map((d) => stringify(d)).join('---\n');
+    // Write then rename: the proxy's watcher must never read a half-written file.
+    const tmp = `${this.configDir}/.cluster.yaml.tmp`;
+    await writeFile(tmp, text);
+    await rename(tmp, `${this.configDir}/cluster.yaml`);
+  }
+
+  /** Starts (or restarts) the proxy of one node and waits until it reports ready. */
+  async startNode(nodeName: string, extraArgs: readonly string[] = []): Promise<LabProcess> {
+    const node = this.lab.node(nodeName);
+    const proxy = this.lab.spawn(node.netns, [
+      process.execPath,
+      WEFT_CLI,
+      'node',
+      '--config',
+      this.configDir,
+      '--node-name',
+      node.name,
+      '--bpffs',
+      node.pinDir,
+      '--drain-grace',
+      '1s',
+      '--interface-scan',
+      '500ms',
+      '--log-level',
+      this.options.logLevel ?? 'info',
+      ...(this.options.nodeArgs ?? []),
+      ...extraArgs,
+    ]);
+    this.proxies.set(nodeName, proxy);
+    await proxy.waitForLine((line) => line.includes('"node proxy ready"'), 20_000);
+    return proxy;
+  }
+
+  proxy(nodeName: string): LabProcess {
+    const proxy = this.proxies.get(nodeName);
+    if (!proxy) throw new Error(`no proxy started on ${nodeName}`);
+    return proxy;
+  }
+
+  async stopNode(nodeName: string, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await this.proxies.get(nodeName)?.stop(signal, 5000);
+  }
+
+  /** The access log lines a node's proxy has printed so far. */
+  accessLog(nodeName: string): AccessEntry[] {
+    const out: AccessEntry[] = [];
+    for (const line of this.proxies.get(nodeName)?.lines ?? []) {
+      if (!line.includes('"event":"connection"')) continue;
+      out.push(JSON.parse(line) as AccessEntry);
+    }
+    return out;
+  }
+
+  /** Waits until a node's access log has at least `count` lines (bounded). */
+  async waitForAccessLog(
+    nodeName: string,
+    count: number,
+    timeoutMs = 5000,
+  ): Promise<AccessEntry[]> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const entries = this.accessLog(nodeName);
+      if (entries.length >= count) return entries;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return this.accessLog(nodeName);
+  }
+
+  /** BPF counters for one pod IP on its node ('0.0.0.0' for traffic with no pod). */
+  counters(node: LabNode, podIp: string): PodCounters | undefined {
+    const pinned = openPinnedCounters(node.pinDir);
+    try {
+      return pinned.counters.get(podIp);
+    } finally {
+      pinned.close();
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([...this.proxies.keys()].map((n) => this.stopNode(n)));
+  }
+}

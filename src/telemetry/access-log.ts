@@ -1,0 +1,35 @@
+// One JSON line per closed connection, the access log operators grep first: who talked to
+// whom, through which path, how many bytes, and why a connection was refused.
+import type { Logger } from './logger.js';
+import type { Workload } from '../config/model.js';
+import { formatEndpoint, type Flow, type FlowObserver, type FlowOutcome } from '../proxy/flow.js';
+
+function workloadName(w: Workload | undefined): string | undefined {
+  return w && `${w.namespace}/${w.name}`;
+}
+
+export class AccessLog implements FlowObserver {
+  constructor(private readonly log: Logger) {}
+
+  opened(): void {}
+
+  closed(flow: Flow, outcome: FlowOutcome): void {
+    this.log.info(
+      {
+        event: 'connection',
+        id: flow.id,
+        direction: flow.direction,
+        path: flow.path,
+        src: formatEndpoint(flow.client),
+        dst: formatEndpoint(flow.target),
+        srcWorkload: workloadName(flow.sourceWorkload),
+        dstWorkload: workloadName(flow.destinationWorkload),
+        durationMs: Date.now() - flow.startedAt,
+        ...(outcome.kind === 'relayed'
+          ? { bytesSent: outcome.sent, bytesReceived: outcome.received, error: outcome.error }
+          : { refused: outcome.reason }),
+      },
+      'connection closed',
+    );
+  }
+}
