@@ -16,7 +16,9 @@
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -129,6 +131,25 @@ int weft_original_dst(int fd, char *ip_out, int ip_len, int *port_out)
 	return 0;
 }
 
+/* ---- libbpf diagnostics ---- */
+
+static int libbpf_quiet;
+
+static int print_warnings(enum libbpf_print_level level, const char *format, va_list args)
+{
+	if (level > LIBBPF_WARN || libbpf_quiet)
+		return 0;
+	return vfprintf(stderr, format, args);
+}
+
+/* libbpf prints warnings (verifier logs, attach failures) to stderr; an expected failure,
+ * such as querying an interface that has no clsact qdisc, is silenced around the call. */
+void weft_libbpf_quiet(int quiet)
+{
+	libbpf_quiet = quiet;
+	libbpf_set_print(print_warnings);
+}
+
 /* ---- tc clsact (kernels before 6.6) ---- */
 
 int weft_tc_attach(int ifindex, int prog_fd, unsigned priority, unsigned handle, int replace)
@@ -159,7 +180,12 @@ int weft_tc_query(int ifindex, unsigned priority, unsigned handle, unsigned *pro
 	DECLARE_LIBBPF_OPTS(bpf_tc_opts, opts, .priority = priority, .handle = handle);
 	int err;
 
+	weft_libbpf_quiet(1);
 	err = bpf_tc_query(&hook, &opts);
+	weft_libbpf_quiet(0);
+	/* No clsact qdisc (EINVAL) or no such filter (ENOENT): nothing of weft's is there. */
+	if (err == -EINVAL)
+		return -ENOENT;
 	if (err)
 		return err;
 	*prog_id = opts.prog_id;

@@ -154,6 +154,7 @@ export class Datapath {
 export function removeDatapath(options: Omit<DatapathOptions, 'hbonePort'>): string[] {
   const removed: string[] = [];
   for (const iface of listInterfaces()) {
+    if (iface.name === 'lo') continue;
     const pin = linkPinPath(options.bpffsDir, iface);
     const hadProgram =
       options.attachMode === 'tc'
