@@ -4,7 +4,7 @@
 import type { Socket } from 'node:net';
 import type { Workload } from '../config/model.js';
 import { native } from '../bpf/ffi.js';
-import type { Direction, Endpoint, Flow, FlowObserver, Path } from './flow.js';
+import type { Endpoint, Flow, FlowObserver, Path, ResponseFlag } from './flow.js';
 import { relay } from './relay.js';
 import { UpstreamConnectError, connectUpstream } from './upstream.js';
 
@@ -38,15 +38,15 @@ export class NodeProxy {
     const destinationWorkload = this.options.workloads.workloadByIp(target.ip);
     const sameNode = destinationWorkload?.nodeName === this.options.nodeName;
     const path: Path = sameNode ? 'same-node' : destinationWorkload ? 'cross-node' : 'passthrough';
-    const flow = this.open(
-      socket,
-      'outbound',
+    const flow = this.open(socket, {
+      direction: 'outbound',
       client,
       target,
       path,
       sourceWorkload,
       destinationWorkload,
-    );
+      security: 'none',
+    });
     // Same node: deliver from the client's own address so the pod sees its real peer. Other
     // nodes and passthrough leave from the node's address, like any node-originated traffic.
     this.connectAndRelay(flow, socket, sameNode ? client.ip : undefined);
@@ -58,17 +58,17 @@ export class NodeProxy {
     const target = localEndpoint(socket);
     const destinationWorkload = this.options.workloads.workloadByIp(target.ip);
     const sourceWorkload = this.options.workloads.workloadByIp(client.ip);
-    const flow = this.open(
-      socket,
-      'inbound',
+    const flow = this.open(socket, {
+      direction: 'inbound',
       client,
       target,
-      'inbound-plaintext',
+      path: 'inbound-plaintext',
       sourceWorkload,
       destinationWorkload,
-    );
+      security: 'none',
+    });
     if (destinationWorkload?.nodeName !== this.options.nodeName) {
-      this.refuse(flow, socket, `${target.ip} is not a pod on this node`);
+      this.refuse(flow, socket, `${target.ip} is not a pod on this node`, 'NR');
       return;
     }
     this.connectAndRelay(flow, socket, client.ip);
@@ -89,25 +89,8 @@ export class NodeProxy {
     return left;
   }
 
-  private open(
-    socket: Socket,
-    direction: Direction,
-    client: Endpoint,
-    target: Endpoint,
-    path: Path,
-    sourceWorkload: Workload | undefined,
-    destinationWorkload: Workload | undefined,
-  ): Flow {
-    const flow: Flow = {
-      id: this.nextId++,
-      direction,
-      client,
-      target,
-      path,
-      sourceWorkload,
-      destinationWorkload,
-      startedAt: Date.now(),
-    };
+  private open(socket: Socket, facts: Omit<Flow, 'id' | 'startedAt'>): Flow {
+    const flow: Flow = { ...facts, id: this.nextId++, startedAt: Date.now() };
     this.live.set(flow.id, { flow, sockets: [socket] });
     // Errors before the relay starts (a reset from the client) must not crash the process.
     socket.on('error', () => socket.destroy());
@@ -136,15 +119,15 @@ export class NodeProxy {
       },
       (error: unknown) => {
         const reason = error instanceof UpstreamConnectError ? error.code : String(error);
-        this.refuse(flow, downstream, `upstream connect failed: ${reason}`);
+        this.refuse(flow, downstream, `upstream connect failed: ${reason}`, 'CONNECT');
       },
     );
   }
 
-  private refuse(flow: Flow, downstream: Socket, reason: string): void {
+  private refuse(flow: Flow, downstream: Socket, reason: string, flag: ResponseFlag): void {
     // A reset tells the client at once, as a refused connection would.
     if (!downstream.destroyed) downstream.resetAndDestroy();
-    this.finish(flow, { kind: 'refused', reason });
+    this.finish(flow, { kind: 'refused', reason, flag });
   }
 
   private finish(flow: Flow, outcome: Parameters<FlowObserver['closed']>[1]): void {
