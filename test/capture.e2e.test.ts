@@ -60,7 +60,7 @@ test.serial(
     const inbound = (await mesh.waitForAccessLog('node-1', inBefore + 1)).slice(inBefore);
     t.is(out.length, 1);
     t.is(out[0]!.direction, 'outbound');
-    t.is(out[0]!.path, 'cross-node');
+    t.is(out[0]!.path, 'hbone', 'enrolled to enrolled across nodes goes through HBONE');
     t.is(out[0]!.srcWorkload, 'default/client');
     t.is(out[0]!.bytesSent, 256 * 1024);
     t.is(out[0]!.bytesReceived, 256 * 1024);

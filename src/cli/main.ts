@@ -17,6 +17,7 @@ import {
   parseDuration,
   parseIpv4,
   parseNumber,
+  parseTrustDomain,
   parseUplinks,
   type NodeOptions,
 } from './options.js';
@@ -62,7 +63,21 @@ async function runNodeCommand(argv: Record<string, unknown>): Promise<void> {
     interfaceScanMs: parseDuration('interface-scan', argv['interface-scan']),
     logLevel: String(argv['log-level']),
     cleanup: Boolean(argv.cleanup),
+    ca: argv.ca === undefined ? undefined : String(argv.ca),
+    trustDomain: parseTrustDomain(argv['trust-domain']),
+    rootNamespace: String(argv['root-namespace']),
+    certTtlMs: parseDuration('cert-ttl', argv['cert-ttl']),
+    adminPort: parseNumber('admin-port', argv['admin-port'], 1, 65535),
+    metricsPort: parseNumber('metrics-port', argv['metrics-port'], 1, 65535),
+    readinessPort: parseNumber('readiness-port', argv['readiness-port'], 1, 65535),
+    seriesBudget: parseNumber(
+      'metrics-series-budget',
+      argv['metrics-series-budget'],
+      1,
+      10_000_000,
+    ),
   };
+  if (options.certTtlMs < 2000) throw new CliError(`--cert-ttl must be at least 2s`);
   if ((options.fwmark & options.fwmarkMask) !== options.fwmark) {
     throw new CliError(`--fwmark 0x${options.fwmark.toString(16)} has bits outside --fwmark-mask`);
   }
@@ -88,6 +103,29 @@ async function runNodeCommand(argv: Record<string, unknown>): Promise<void> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+}
+
+async function runCaInit(argv: Record<string, unknown>): Promise<void> {
+  const { initCa } = await import('../identity/index.js');
+  const out = String(argv.out ?? '');
+  if (!out) throw new CliError('--out <dir> is required');
+  const result = await initCa(out, {
+    trustDomain: parseTrustDomain(argv['trust-domain']),
+    force: Boolean(argv.force),
+  });
+  process.stdout.write(
+    `wrote ${result.files.join(', ')} to ${out}\n` +
+      `root:   ${result.root.subject} (expires ${result.root.notAfter})\n` +
+      `issuer: ${result.issuer.subject} (expires ${result.issuer.notAfter})\n` +
+      `Use it with \`weft node --ca ${out}\`, or as the Kubernetes Secret weft-system/cacerts.\n`,
+  );
+}
+
+async function runStatus(argv: Record<string, unknown>): Promise<void> {
+  const { fetchStatus, renderStatus } = await import('./status.js');
+  const admin = `http://127.0.0.1:${parseNumber('admin-port', argv['admin-port'], 1, 65535)}`;
+  const status = await fetchStatus(admin);
+  process.stdout.write(argv.json ? `${JSON.stringify(status, null, 2)}\n` : renderStatus(status));
 }
 
 async function runDemoCommand(argv: Record<string, unknown>): Promise<void> {
@@ -169,6 +207,34 @@ const cli = yargs(hideBin(process.argv))
           default: '2s',
           describe: 'how often new interfaces are looked for',
         })
+        .option('ca', {
+          type: 'string',
+          describe:
+            "CA issuer directory (Istio's cacerts files: weft ca init); without it cross-node mesh traffic is refused",
+        })
+        .option('trust-domain', { type: 'string', default: 'cluster.local' })
+        .option('root-namespace', {
+          type: 'string',
+          default: 'weft-system',
+          describe: 'namespace of mesh-wide policies (istio-system for Istio users)',
+        })
+        .option('cert-ttl', {
+          type: 'string',
+          default: '24h',
+          describe: 'workload certificate lifetime',
+        })
+        .option('admin-port', {
+          type: 'string',
+          default: '15000',
+          describe: 'admin endpoint (localhost only)',
+        })
+        .option('metrics-port', { type: 'string', default: '15020' })
+        .option('readiness-port', { type: 'string', default: '15021' })
+        .option('metrics-series-budget', {
+          type: 'string',
+          default: '10000',
+          describe: 'most Istio TCP metric label sets kept before folding into "other"',
+        })
         .option('cleanup', {
           type: 'boolean',
           default: false,
@@ -187,10 +253,29 @@ const cli = yargs(hideBin(process.argv))
       }),
     (argv) => runDemoCommand(argv),
   )
+  .command(
+    'ca init',
+    "create a root and an issuing CA in Istio's cacerts layout",
+    (y) =>
+      y
+        .option('out', { type: 'string', demandOption: true, describe: 'directory to write' })
+        .option('trust-domain', { type: 'string', default: 'cluster.local' })
+        .option('force', { type: 'boolean', default: false, describe: 'replace existing files' }),
+    (argv) => runCaInit(argv),
+  )
+  .command(
+    'status',
+    "show this node's enrolled pods, identities, connections and drops (reads the admin endpoint)",
+    (y) =>
+      y
+        .option('json', { type: 'boolean', default: false })
+        .option('admin-port', { type: 'string', default: '15000' }),
+    (argv) => runStatus(argv),
+  )
   .command('version', 'print the version', {}, () => {
     process.stdout.write(`weft ${packageVersion()}\n`);
   })
-  .demandCommand(1, 'name a command: node, demo or version')
+  .demandCommand(1, 'name a command: node, demo, ca init, status or version')
   .strict()
   .help()
   .fail((message, error) => {

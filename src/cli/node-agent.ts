@@ -1,19 +1,36 @@
-// The composition root of `weft node`: wires config -> enrollment/datapath -> proxy ->
-// telemetry for one node and owns their lifetimes. All mutable process state lives here;
-// the modules it wires keep only what they are handed.
+// The composition root of `weft node`: wires config -> enrollment/datapath, identity ->
+// proxy -> telemetry for one node and owns their lifetimes. All mutable process state lives
+// here; the modules it wires keep only what they are handed.
 import { existsSync, readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import {
   interfaceIndex,
   listInterfaces,
   resolveAttachMode,
   type Interface,
 } from '../bpf/attach.js';
-import { ListenerSlot } from '../bpf/weft-maps.js';
-import { ConfigStore, FileSource } from '../config/index.js';
-import { NodeProxy } from '../proxy/node-proxy.js';
+import { COUNTER_FIELDS, ListenerSlot } from '../bpf/weft-maps.js';
+import { ConfigStore, FileSource, type Workload } from '../config/index.js';
+import {
+  CertificateManager,
+  TrustBundles,
+  loadIssuer,
+  peerChain,
+  spiffeIdFor,
+  validatePeer,
+} from '../identity/index.js';
+import { HBONE_CIPHERSUITES, HbonePool, type VerifyPeer } from '../proxy/hbone/index.js';
+import { observeAll } from '../proxy/flow.js';
+import {
+  NodeProxy,
+  type DestinationResolver,
+  type MeshDirectory,
+  type TunnelCredentials,
+} from '../proxy/node-proxy.js';
 import { Datapath, removeDatapath } from '../redirect/datapath.js';
 import {
   describeLocalPods,
+  isEnrolled,
   reconcileHostAddrs,
   reconcilePodMaps,
   type LocalPod,
@@ -21,8 +38,17 @@ import {
 import { hostAddresses } from '../redirect/interfaces.js';
 import { openCaptureListener, type CaptureListener } from '../redirect/listeners.js';
 import { AccessLog } from '../telemetry/access-log.js';
+import {
+  adminHandler,
+  listenReusePort,
+  metricsHandler,
+  readinessHandler,
+  type HttpEndpoint,
+} from '../telemetry/http-servers.js';
 import type { Logger } from '../telemetry/logger.js';
+import { MeshMetrics, scrapeMetric } from '../telemetry/metrics.js';
 import { CliError, type NodeOptions } from './options.js';
+import type { StatusDump } from './status.js';
 
 /** Fails with one clear line when the process cannot load BPF programs or change routing. */
 export function assertPrivileges(): void {
@@ -63,11 +89,15 @@ export class NodeAgent {
   private readonly store: ConfigStore;
   private source?: FileSource;
   private datapath?: Datapath;
+  private certificates?: CertificateManager;
   private readonly listeners: CaptureListener[] = [];
+  private readonly endpoints: HttpEndpoint[] = [];
   private proxy?: NodeProxy;
+  private readonly metrics: MeshMetrics;
   private scanTimer?: NodeJS.Timeout;
   private localPods: LocalPod[] = [];
   private readonly reportedProblems = new Set<string>();
+  private attached = false;
   private stopping = false;
 
   constructor(
@@ -75,6 +105,7 @@ export class NodeAgent {
     private readonly log: Logger,
   ) {
     this.store = new ConfigStore({ logger: log.child({ component: 'config' }) });
+    this.metrics = new MeshMetrics({ seriesBudget: options.seriesBudget });
   }
 
   async start(): Promise<void> {
@@ -83,14 +114,20 @@ export class NodeAgent {
     const freshInstall = !existsSync(`${options.bpffs}/maps`);
     if (options.uplinks) for (const name of options.uplinks) interfaceIndex(name);
 
+    const tunnels = options.ca ? await this.loadIdentity(options.ca) : undefined;
+    if (!tunnels) {
+      log.warn({}, 'no --ca: traffic between nodes that needs a tunnel is refused (fail closed)');
+    }
+
     this.source = new FileSource({
       path: options.config,
       store: this.store,
       logger: log.child({ component: 'config' }),
     });
     this.source.on('errors', (errors) => {
-      for (const error of errors)
-        log.error({ error: String(error) }, 'config rejected; last good version stays');
+      for (const error of errors) {
+        log.error({ error: String(error) }, 'config rejected; the last good version stays');
+      }
     });
     const report = await this.source.start();
     if (report.errors.length > 0) {
@@ -99,28 +136,32 @@ export class NodeAgent {
       );
     }
 
+    const directory = this.directory();
     this.proxy = new NodeProxy({
       nodeName: options.nodeName,
-      workloads: this.store,
-      observer: new AccessLog(log.child({ component: 'access' })),
+      directory,
+      resolver: this.resolver(directory),
+      observer: observeAll([new AccessLog(log.child({ component: 'access' })), this.metrics]),
       connectTimeoutMs: options.connectTimeoutMs,
+      tunnels,
+      logger: log.child({ component: 'hbone' }),
     });
-    // Listeners first: a busy port is the likeliest start-up failure, found before any
-    // kernel state changes.
-    this.listeners.push(
-      await openCaptureListener(
-        'outbound',
-        options.listenAddress,
-        options.outboundPort,
-        this.proxy.handleOutbound,
-      ),
-      await openCaptureListener(
-        'inbound',
-        options.listenAddress,
-        options.inboundPort,
-        this.proxy.handleInbound,
-      ),
-    );
+    // Listeners and HTTP endpoints first: a busy port is the likeliest start-up failure, found
+    // before any kernel state changes.
+    const proxy = this.proxy;
+    const listen = (name: string, port: number, handler: (s: Socket) => void) =>
+      openCaptureListener(name, options.listenAddress, port, handler);
+    try {
+      this.listeners.push(
+        await listen('outbound', options.outboundPort, proxy.handleOutbound),
+        await listen('inbound', options.inboundPort, proxy.handleInbound),
+        await listen('hbone', options.hbonePort, proxy.handleHbone),
+      );
+      await this.openHttpEndpoints();
+    } catch (error) {
+      await this.closeEndpoints();
+      throw error;
+    }
 
     try {
       this.datapath = Datapath.open({
@@ -133,9 +174,11 @@ export class NodeAgent {
       // without somewhere to deliver.
       this.datapath.setListener(ListenerSlot.Outbound, this.listeners[0]!.fd);
       this.datapath.setListener(ListenerSlot.Inbound, this.listeners[1]!.fd);
+      this.datapath.setListener(ListenerSlot.Hbone, this.listeners[2]!.fd);
       this.reconcile();
+      this.attached = true;
     } catch (error) {
-      await this.closeListeners();
+      await this.closeEndpoints();
       this.datapath?.close();
       if (freshInstall) {
         // Nothing served before this process: leave the node as it was.
@@ -154,11 +197,13 @@ export class NodeAgent {
       {
         node: options.nodeName,
         attachMode,
+        mtls: tunnels !== undefined,
         interfaces: this.datapath.attachedInterfaces().map((i) => i.name),
         pods: this.localPods.map((p) => ({
           pod: `${p.workload.namespace}/${p.workload.name}`,
           ip: p.workload.ip,
           enrolled: p.enrolled,
+          identity: p.enrolled ? this.identityOf(p.workload) : undefined,
         })),
       },
       'node proxy ready',
@@ -171,8 +216,10 @@ export class NodeAgent {
     this.stopping = true;
     clearInterval(this.scanTimer);
     await this.source?.stop();
-    await this.closeListeners();
+    await Promise.all(this.listeners.splice(0).map((l) => l.close()));
     const reset = (await this.proxy?.drain(this.options.drainGraceMs)) ?? 0;
+    await Promise.all(this.endpoints.splice(0).map((e) => e.close()));
+    this.certificates?.close();
     this.datapath?.close();
     this.log.info(
       { resetConnections: reset },
@@ -180,8 +227,267 @@ export class NodeAgent {
     );
   }
 
-  private async closeListeners(): Promise<void> {
+  private async closeEndpoints(): Promise<void> {
     await Promise.all(this.listeners.splice(0).map((l) => l.close()));
+    await Promise.all(this.endpoints.splice(0).map((e) => e.close()));
+  }
+
+  private async loadIdentity(caDir: string): Promise<TunnelCredentials> {
+    const { options, log } = this;
+    let issuer;
+    try {
+      issuer = await loadIssuer(caDir);
+    } catch (error) {
+      throw new CliError(`--ca ${caDir}: ${(error as Error).message}`);
+    }
+    const bundles = new TrustBundles([[options.trustDomain, issuer.roots]]);
+    this.certificates = new CertificateManager({
+      issuer,
+      trustDomain: options.trustDomain,
+      bundles,
+      ttlMs: options.certTtlMs,
+      logger: log.child({ component: 'identity' }),
+      secureContextOptions: {
+        ciphers: HBONE_CIPHERSUITES,
+        honorCipherOrder: true,
+        maxVersion: 'TLSv1.3',
+      },
+    });
+    this.certificates.on('rotated', (e) =>
+      log.info(
+        {
+          identity: e.spiffeId,
+          serial: e.serial,
+          notAfter: e.notAfter,
+          previous: e.previousSerial,
+        },
+        'certificate issued',
+      ),
+    );
+    this.certificates.on('mintFailed', (e) =>
+      log.error(
+        { identity: e.spiffeId, error: e.error.message, retryInMs: e.retryInMs },
+        'certificate minting failed',
+      ),
+    );
+    const verifyPeer: VerifyPeer = (socket) => {
+      const verdict = validatePeer(peerChain(socket), bundles, new Date());
+      return verdict.ok ? { ok: true, identity: verdict.spiffeId.uri } : verdict;
+    };
+    const certificates = this.certificates;
+    return {
+      credentials: (identity) => {
+        const current = certificates.current(identity);
+        return current && { context: current.secureContext, serial: current.svid.serial };
+      },
+      verifyPeer,
+      pool: new HbonePool({ logger: log.child({ component: 'hbone' }) }),
+    };
+  }
+
+  private identityOf(workload: Workload): string {
+    return spiffeIdFor(this.options.trustDomain, workload.namespace, workload.serviceAccount).uri;
+  }
+
+  private directory(): MeshDirectory {
+    return {
+      workloadByIp: (ip) => this.store.workloadByIp(ip),
+      isEnrolled: (w) => isEnrolled(w, this.store.namespace(w.namespace)),
+      identityOf: (w) => this.identityOf(w),
+    };
+  }
+
+  /** Pods by IP; anything else passes through to its original destination. */
+  private resolver(directory: MeshDirectory): DestinationResolver {
+    return {
+      resolve: (target, _source, exclude) => {
+        if (exclude.has(`${target.ip}:${target.port}`)) return undefined;
+        return { endpoint: target, workload: directory.workloadByIp(target.ip) };
+      },
+    };
+  }
+
+  private async openHttpEndpoints(): Promise<void> {
+    const { options } = this;
+    this.registerScrapeMetrics();
+    this.endpoints.push(
+      await listenReusePort(
+        'admin',
+        '127.0.0.1',
+        options.adminPort,
+        adminHandler(
+          {
+            configDump: () => this.configDump(),
+            connections: () => this.connections(),
+            pools: () => this.poolStats(),
+            status: () => this.status(),
+          },
+          this.log,
+        ),
+      ),
+      await listenReusePort(
+        'metrics',
+        '0.0.0.0',
+        options.metricsPort,
+        metricsHandler(this.metrics.registry),
+      ),
+      await listenReusePort(
+        'readiness',
+        '0.0.0.0',
+        options.readinessPort,
+        readinessHandler({ notReadyReason: () => this.notReadyReason() }),
+      ),
+    );
+  }
+
+  private notReadyReason(): string | undefined {
+    if (this.stopping) return 'draining';
+    if (!this.attached) return 'BPF programs not attached yet';
+    if (this.certificates) {
+      const missing = this.localPods.filter(
+        (p) => p.enrolled && !this.certificates!.current(this.identityOf(p.workload)),
+      );
+      if (missing.length > 0)
+        return `certificates not minted yet for ${missing.map((p) => p.workload.name).join(', ')}`;
+    }
+    return undefined;
+  }
+
+  private registerScrapeMetrics(): void {
+    const registry = this.metrics.registry;
+    const bpfCounters = () => {
+      const out: { labels: Record<'pod' | 'namespace' | 'counter', string>; value: number }[] = [];
+      if (!this.datapath) return out;
+      for (const pod of this.localPods) {
+        const counters = this.datapath.maps.counters.get(pod.workload.ip);
+        for (const field of COUNTER_FIELDS) {
+          out.push({
+            labels: {
+              pod: pod.workload.name,
+              namespace: pod.workload.namespace,
+              counter: snake(field),
+            },
+            value: Number(counters?.[field] ?? 0n),
+          });
+        }
+      }
+      return out;
+    };
+    scrapeMetric(
+      registry,
+      {
+        name: 'weft_bpf_packets_total',
+        help: 'Redirect program decisions per local pod (captured counts new connections)',
+        type: 'counter',
+        labelNames: ['pod', 'namespace', 'counter'],
+      },
+      bpfCounters,
+    );
+    scrapeMetric(
+      registry,
+      {
+        name: 'weft_certificate_expiry_timestamp_seconds',
+        help: 'When each workload certificate held by this node expires',
+        type: 'gauge',
+        labelNames: ['identity'],
+      },
+      () =>
+        (this.certificates?.list() ?? [])
+          .filter((c) => c.notAfter)
+          .map((c) => ({
+            labels: { identity: c.spiffeId },
+            value: Date.parse(c.notAfter!) / 1000,
+          })),
+    );
+    scrapeMetric(
+      registry,
+      {
+        name: 'weft_hbone_pool',
+        help: 'HBONE client pool: live connections, open streams, handshakes done',
+        type: 'gauge',
+        labelNames: ['kind'],
+      },
+      () => {
+        const stats = this.poolStats();
+        return Object.entries(stats.client ?? {}).map(([kind, value]) => ({
+          labels: { kind },
+          value: Number(value),
+        }));
+      },
+    );
+    scrapeMetric(
+      registry,
+      {
+        name: 'weft_config_generation',
+        help: 'Generation of the cluster state in force',
+        type: 'gauge',
+        labelNames: [],
+      },
+      () => [{ labels: {}, value: this.store.generation }],
+    );
+  }
+
+  private poolStats(): ReturnType<NodeProxy['tunnelStats']> {
+    return this.proxy?.tunnelStats() ?? { client: undefined, server: undefined };
+  }
+
+  private connections() {
+    return (this.proxy?.activeFlows() ?? []).map(({ flow, sent, received }) => ({
+      id: flow.id,
+      direction: flow.direction,
+      path: flow.path,
+      src: `${flow.client.ip}:${flow.client.port}`,
+      dst: `${flow.target.ip}:${flow.target.port}`,
+      srcIdentity: flow.sourceIdentity,
+      dstIdentity: flow.destinationIdentity,
+      ageMs: Date.now() - flow.startedAt,
+      bytesSent: sent,
+      bytesReceived: received,
+    }));
+  }
+
+  private configDump() {
+    const state = this.store.state;
+    return {
+      node: this.options.nodeName,
+      generation: state.generation,
+      trustDomain: this.options.trustDomain,
+      workloads: [...state.workloads.values()].map((w) => ({
+        pod: `${w.namespace}/${w.name}`,
+        ip: w.ip,
+        node: w.nodeName,
+        serviceAccount: w.serviceAccount,
+        enrolled: isEnrolled(w, state.namespaces.get(w.namespace)),
+        identity: this.identityOf(w),
+      })),
+      namespaces: [...state.namespaces.values()],
+      nodes: [...state.nodes.values()],
+      certificates: this.certificates?.list() ?? [],
+    };
+  }
+
+  private status(): StatusDump {
+    const certs = new Map((this.certificates?.list() ?? []).map((c) => [c.spiffeId, c]));
+    return {
+      node: this.options.nodeName,
+      generation: this.store.generation,
+      pods: this.localPods.map((p) => {
+        const counters = this.datapath?.maps.counters.get(p.workload.ip);
+        const identity = p.enrolled ? this.identityOf(p.workload) : undefined;
+        return {
+          pod: `${p.workload.namespace}/${p.workload.name}`,
+          ip: p.workload.ip,
+          enrolled: p.enrolled,
+          identity,
+          certificateExpires: identity ? certs.get(identity)?.notAfter : undefined,
+          counters:
+            counters &&
+            Object.fromEntries(Object.entries(counters).map(([k, v]) => [k, Number(v)])),
+        };
+      }),
+      services: [],
+      connections: this.connections(),
+    };
   }
 
   private safely(action: () => void): void {
@@ -193,7 +499,7 @@ export class NodeAgent {
     }
   }
 
-  /** Brings maps and attachments in line with the config and the interfaces present. */
+  /** Brings maps, attachments and certificates in line with the config and interfaces. */
   private reconcile(): void {
     const datapath = this.datapath!;
     const interfaces = listInterfaces();
@@ -207,6 +513,11 @@ export class NodeAgent {
     for (const iface of interfaces) {
       if (this.shouldAttach(iface, podIfaces)) datapath.attach(iface);
     }
+    // Certificates only for service accounts with an enrolled pod on this node.
+    this.certificates?.setWanted(this.localPods.filter((p) => p.enrolled).map((p) => p.workload));
+    this.metrics.forgetWorkloadsExcept(
+      new Set([...this.store.state.workloads.values()].map((w) => w.uid)),
+    );
     for (const ip of result.enrolled)
       this.log.info({ ip }, 'pod enrolled: its TCP is now captured');
     for (const ip of result.unenrolled) this.log.info({ ip }, 'pod unenrolled');
@@ -222,4 +533,8 @@ export class NodeAgent {
     if (!this.options.uplinks) return true;
     return podIfaces.has(iface.index) || this.options.uplinks.includes(iface.name);
   }
+}
+
+function snake(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }

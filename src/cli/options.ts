@@ -25,6 +25,16 @@ export interface NodeOptions {
   readonly interfaceScanMs: number;
   readonly logLevel: string;
   readonly cleanup: boolean;
+  /** Directory with Istio's cacerts files; without it cross-node mesh traffic is refused. */
+  readonly ca: string | undefined;
+  readonly trustDomain: string;
+  readonly rootNamespace: string;
+  readonly certTtlMs: number;
+  readonly adminPort: number;
+  readonly metricsPort: number;
+  readonly readinessPort: number;
+  /** Most Istio TCP metric label sets kept before folding into `other`. */
+  readonly seriesBudget: number;
 }
 
 /** Defaults clear of kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00). */
@@ -80,4 +90,14 @@ export function parseUplinks(value: unknown): string[] | undefined {
     }
   }
   return names;
+}
+
+export function parseTrustDomain(value: unknown): string {
+  const text = String(value ?? '');
+  if (!/^[a-z0-9._-]+$/.test(text) || text.length > 255) {
+    throw new CliError(
+      `--trust-domain: "${text}" is not a trust domain (lowercase letters, digits, . _ -)`,
+    );
+  }
+  return text;
 }

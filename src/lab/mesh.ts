@@ -6,6 +6,7 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { openPinnedCounters, type PodCounters } from '../bpf/weft-maps.js';
+import { initCa } from '../identity/index.js';
 import type { Lab, LabNode, LabProcess } from './cluster.js';
 
 export const WEFT_CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
@@ -31,6 +32,14 @@ export interface MeshOptions {
   /** Extra `weft node` flags for every node. */
   readonly nodeArgs?: readonly string[];
   readonly logLevel?: string;
+  /**
+   * Run with a CA (`weft ca init` into the lab's directory, `--ca` on every node): cross-node
+   * mesh traffic goes through HBONE. Default true. A per-node override lets a test give one
+   * node a foreign CA.
+   */
+  readonly ca?: boolean;
+  /** Extra flags per node name. */
+  readonly perNodeArgs?: Record<string, readonly string[]>;
 }
 
 export class LabMesh {
@@ -47,14 +56,26 @@ export class LabMesh {
   /** Writes the manifests and starts a node proxy on every node. */
   static async start(lab: Lab, options: MeshOptions = {}): Promise<LabMesh> {
     const mesh = new LabMesh(lab, options);
+    if (options.ca !== false) await mesh.makeCa(mesh.caDir);
     await mesh.writeManifests();
     await Promise.all(lab.nodes.map((n) => mesh.startNode(n.name)));
     return mesh;
   }
 
+  /** The lab's CA directory (Istio cacerts layout). */
+  get caDir(): string {
+    return `${this.lab.dir}/ca`;
+  }
+
+  /** Creates a CA in `dir` (a second one in another dir is a foreign CA). */
+  async makeCa(dir: string, trustDomain = 'cluster.local'): Promise<string> {
+    await initCa(dir, { trustDomain, force: true });
+    return dir;
+  }
+
   /** Rewrites the cluster manifests from the lab's pods (after changing their annotations). */
-  async writeManifests(): Promise<void> {
-    await mkdir(this.configDir, { recursive: true });
+  async writeManifests(dir = this.configDir): Promise<void> {
+    await mkdir(dir, { recursive: true });
     const namespaces = [...new Set(this.lab.pods.map((p) => p.namespace))].map((name) => ({
       apiVersion: 'v1',
       kind: 'Namespace',
@@ -63,20 +84,28 @@ export class LabMesh {
     const docs = [...namespaces, ...this.lab.nodeObjects(), ...this.lab.podObjects()];
     const text = docs.map((d) => stringify(d)).join('---\n');
     // Write then rename: the proxy's watcher must never read a half-written file.
-    const tmp = `${this.configDir}/.cluster.yaml.tmp`;
+    const tmp = `${dir}/.cluster.yaml.tmp`;
     await writeFile(tmp, text);
-    await rename(tmp, `${this.configDir}/cluster.yaml`);
+    await rename(tmp, `${dir}/cluster.yaml`);
   }
 
-  /** Starts (or restarts) the proxy of one node and waits until it reports ready. */
-  async startNode(nodeName: string, extraArgs: readonly string[] = []): Promise<LabProcess> {
+  /**
+   * Starts (or restarts) the proxy of one node and waits until it reports ready. `overrides`
+   * give this start its own CA or config directory (a foreign CA, a diverging config).
+   */
+  async startNode(
+    nodeName: string,
+    extraArgs: readonly string[] = [],
+    overrides: { readonly caDir?: string; readonly configDir?: string } = {},
+  ): Promise<LabProcess> {
     const node = this.lab.node(nodeName);
+    const caDir = overrides.caDir ?? (this.options.ca !== false ? this.caDir : undefined);
     const proxy = this.lab.spawn(node.netns, [
       process.execPath,
       WEFT_CLI,
       'node',
       '--config',
-      this.configDir,
+      overrides.configDir ?? this.configDir,
       '--node-name',
       node.name,
       '--bpffs',
@@ -87,7 +116,9 @@ export class LabMesh {
       '500ms',
       '--log-level',
       this.options.logLevel ?? 'info',
+      ...(caDir ? ['--ca', caDir] : []),
       ...(this.options.nodeArgs ?? []),
+      ...(this.options.perNodeArgs?.[nodeName] ?? []),
       ...extraArgs,
     ]);
     this.proxies.set(nodeName, proxy);

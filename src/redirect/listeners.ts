@@ -45,6 +45,10 @@ export async function openCaptureListener(
     name,
     fd,
     server,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    // Stops accepting at once (the kernel drops the socket from the SOCKMAP as it closes);
+    // connections already accepted live on and are drained by their owner.
+    close: async () => {
+      if (server.listening) server.close();
+    },
   };
 }

@@ -17,7 +17,12 @@ export interface HttpEndpoint {
   close(): Promise<void>;
 }
 
-export async function listenReusePort(name: string, ip: string, port: number, handler: Handler): Promise<HttpEndpoint> {
+export async function listenReusePort(
+  name: string,
+  ip: string,
+  port: number,
+  handler: Handler,
+): Promise<HttpEndpoint> {
   const fd = native.listenReuseport(ip, port, 511);
   if (fd < 0) throw new KernelError(`open ${name} endpoint on ${ip}:${port}`, -fd);
   const server = createServer((req, res) => {
@@ -60,6 +65,8 @@ export interface AdminProvider {
   configDump(): unknown;
   connections(): unknown;
   pools(): unknown;
+  /** What `weft status` shows. */
+  status(): unknown;
 }
 
 export function adminHandler(provider: AdminProvider, log: Logger): Handler {
@@ -67,13 +74,19 @@ export function adminHandler(provider: AdminProvider, log: Logger): Handler {
     const url = new URL(req.url ?? '/', 'http://localhost');
     switch (url.pathname) {
       case '/':
-        return text(res, 200, 'weft admin: /config_dump /logging /debug/connections /debug/pools\n');
+        return text(
+          res,
+          200,
+          'weft admin: /config_dump /logging /debug/connections /debug/pools /debug/status\n',
+        );
       case '/config_dump':
         return json(res, 200, provider.configDump());
       case '/debug/connections':
         return json(res, 200, provider.connections());
       case '/debug/pools':
         return json(res, 200, provider.pools());
+      case '/debug/status':
+        return json(res, 200, provider.status());
       case '/logging': {
         const level = url.searchParams.get('level');
         if (req.method === 'POST' || level) {
@@ -111,6 +124,8 @@ export function readinessHandler(readiness: Readiness): Handler {
     const path = new URL(req.url ?? '/', 'http://localhost').pathname;
     if (path !== '/healthz/ready') return text(res, 404, 'not found\n');
     const reason = readiness.notReadyReason();
-    return reason === undefined ? text(res, 200, 'ready\n') : text(res, 503, `not ready: ${reason}\n`);
+    return reason === undefined
+      ? text(res, 200, 'ready\n')
+      : text(res, 503, `not ready: ${reason}\n`);
   };
 }

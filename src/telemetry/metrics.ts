@@ -35,7 +35,11 @@ type TcpLabels = Record<TcpLabel, string>;
 
 /** Label values that identify workloads; folded to `other` past the budget. */
 const VARIABLE_LABELS: readonly TcpLabel[] = TCP_LABELS.filter(
-  (l) => l !== 'reporter' && l !== 'request_protocol' && l !== 'response_flags' && l !== 'connection_security_policy',
+  (l) =>
+    l !== 'reporter' &&
+    l !== 'request_protocol' &&
+    l !== 'response_flags' &&
+    l !== 'connection_security_policy',
 );
 
 export interface MeshMetricsOptions {
@@ -74,7 +78,10 @@ export class MeshMetrics implements FlowObserver {
     this.opened_ = tcp('istio_tcp_connections_opened_total', 'TCP connections opened');
     this.closed_ = tcp('istio_tcp_connections_closed_total', 'TCP connections closed');
     this.sent = tcp('istio_tcp_sent_bytes_total', 'Bytes sent by the client (request direction)');
-    this.received = tcp('istio_tcp_received_bytes_total', 'Bytes received by the client (response direction)');
+    this.received = tcp(
+      'istio_tcp_received_bytes_total',
+      'Bytes received by the client (response direction)',
+    );
     this.folded = new Counter({
       name: 'weft_telemetry_series_folded_total',
       help: 'Label sets folded into "other" because the series budget was reached',
@@ -110,7 +117,8 @@ export class MeshMetrics implements FlowObserver {
     let removed = 0;
     for (const [key, entry] of this.series) {
       if (entry.uids.every((uid) => liveUids.has(uid))) continue;
-      for (const metric of [this.opened_, this.closed_, this.sent, this.received]) metric.remove(entry.labels);
+      for (const metric of [this.opened_, this.closed_, this.sent, this.received])
+        metric.remove(entry.labels);
       this.series.delete(key);
       removed++;
     }

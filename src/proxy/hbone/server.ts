@@ -262,7 +262,11 @@ export class HboneServer {
   ): { ok: true; identity: string } | { ok: false; reason: string } {
     const problem = handshakeProblem(tls);
     if (problem) return { ok: false, reason: problem };
-    if (!tls.getPeerX509Certificate()) return { ok: false, reason: 'no client certificate' };
+    // Not getPeerX509Certificate(): on a Node 20 server socket, calling it first leaves
+    // getPeerCertificate(true) without the peer's intermediates, and the chain then fails.
+    if (Object.keys(tls.getPeerCertificate()).length === 0) {
+      return { ok: false, reason: 'no client certificate' };
+    }
     let verdict;
     try {
       verdict = this.options.verifyPeer(tls);
