@@ -55,7 +55,10 @@ export async function mintSvid(issuer: Issuer, opts: MintSvidOptions): Promise<S
   if (now.getTime() >= issuerFacts.notAfter.getTime())
     throw new Error(`issuer certificate expired at ${issuerFacts.notAfter.toISOString()}`);
   const notBefore = new Date(now.getTime() - (opts.backdateMs ?? BACKDATE_MS));
-  const notAfter = new Date(Math.min(now.getTime() + opts.ttlMs, issuerFacts.notAfter.getTime()));
+  // X.509 times have whole seconds: round notAfter up so the certificate lives at least ttlMs.
+  const notAfter = new Date(
+    Math.min(Math.ceil((now.getTime() + opts.ttlMs) / 1000) * 1000, issuerFacts.notAfter.getTime()),
+  );
 
   const issuerX = new x509.X509Certificate(issuer.issuerCert.raw);
   const ski = issuerX.getExtension(x509.SubjectKeyIdentifierExtension);
