@@ -149,8 +149,8 @@ items:
   spec: {nodeName: node-2}
   status: {podIP: 198.18.1.3}
 - apiVersion: v1
-  kind: Service
-  metadata: {name: not-yet}
+  kind: Secret
+  metadata: {name: not-read}
 ---
 apiVersion: v1
 kind: PodList
@@ -183,7 +183,7 @@ items:
       'Pod shop/bare',
     ],
   );
-  t.is(debug.length, 3, 'Deployment, ConfigMap and Service are noted at debug level');
+  t.is(debug.length, 3, 'Deployment, ConfigMap and Secret are noted at debug level');
 
   const byName = new Map(result.objects.map((o) => [o.ref.name, o]));
   const web = byName.get('web') as Extract<TranslatedObject, { kind: 'Pod' }>;

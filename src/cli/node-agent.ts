@@ -21,12 +21,8 @@ import {
 } from '../identity/index.js';
 import { HBONE_CIPHERSUITES, HbonePool, type VerifyPeer } from '../proxy/hbone/index.js';
 import { observeAll } from '../proxy/flow.js';
-import {
-  NodeProxy,
-  type DestinationResolver,
-  type MeshDirectory,
-  type TunnelCredentials,
-} from '../proxy/node-proxy.js';
+import { ServiceResolver } from '../lb/index.js';
+import { NodeProxy, type MeshDirectory, type TunnelCredentials } from '../proxy/node-proxy.js';
 import { Datapath, removeDatapath } from '../redirect/datapath.js';
 import {
   describeLocalPods,
@@ -94,6 +90,7 @@ export class NodeAgent {
   private readonly endpoints: HttpEndpoint[] = [];
   private proxy?: NodeProxy;
   private readonly metrics: MeshMetrics;
+  private readonly resolver: ServiceResolver;
   private scanTimer?: NodeJS.Timeout;
   private localPods: LocalPod[] = [];
   private readonly reportedProblems = new Set<string>();
@@ -106,6 +103,7 @@ export class NodeAgent {
   ) {
     this.store = new ConfigStore({ logger: log.child({ component: 'config' }) });
     this.metrics = new MeshMetrics({ seriesBudget: options.seriesBudget });
+    this.resolver = new ServiceResolver(this.store, options.nodeName);
   }
 
   async start(): Promise<void> {
@@ -140,7 +138,7 @@ export class NodeAgent {
     this.proxy = new NodeProxy({
       nodeName: options.nodeName,
       directory,
-      resolver: this.resolver(directory),
+      resolver: this.resolver,
       observer: observeAll([new AccessLog(log.child({ component: 'access' })), this.metrics]),
       connectTimeoutMs: options.connectTimeoutMs,
       tunnels,
@@ -187,7 +185,12 @@ export class NodeAgent {
       throw error;
     }
 
-    this.store.on('change', () => this.safely(() => this.reconcile()));
+    this.store.on('change', () =>
+      this.safely(() => {
+        this.reconcile();
+        this.resolver.retainLive();
+      }),
+    );
     this.scanTimer = setInterval(
       () => this.safely(() => this.reconcile()),
       options.interfaceScanMs,
@@ -297,15 +300,6 @@ export class NodeAgent {
     };
   }
 
-  /** Pods by IP; anything else passes through to its original destination. */
-  private resolver(directory: MeshDirectory): DestinationResolver {
-    return {
-      resolve: (target, _source, exclude) => {
-        if (exclude.has(`${target.ip}:${target.port}`)) return undefined;
-        return { endpoint: target, workload: directory.workloadByIp(target.ip) };
-      },
-    };
-  }
 
   private async openHttpEndpoints(): Promise<void> {
     const { options } = this;
@@ -485,7 +479,16 @@ export class NodeAgent {
             Object.fromEntries(Object.entries(counters).map(([k, v]) => [k, Number(v)])),
         };
       }),
-      services: [],
+      services: [...this.store.state.services.values()].map((svc) => {
+        const endpoints = this.store.endpointSlicesFor(svc.namespace, svc.name).flatMap((s) => s.endpoints);
+        return {
+          service: `${svc.namespace}/${svc.name}`,
+          vips: [...svc.clusterIPs],
+          ports: svc.ports.map((p) => `${p.port}/${p.protocol}`),
+          endpoints: endpoints.length,
+          ready: endpoints.filter((e) => e.ready).length,
+        };
+      }),
       connections: this.connections(),
     };
   }

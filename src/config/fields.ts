@@ -1,6 +1,6 @@
 // config/fields.ts: typed, error-collecting access to the fields of one raw Kubernetes
-// object, and the shared validators (DNS-1123 names, IP addresses, the dataplane-mode
-// annotation). Translators in kinds/ use it; it must not log, keep state across objects, or
+// object, and the shared validators (DNS-1123 names, IP addresses and CIDRs, ports, the
+// dataplane-mode annotation). Translators in kinds/ use it; it must not log, keep state across objects, or
 // touch the kernel or the network.
 
 import { isIP, isIPv4 } from 'node:net';
@@ -114,6 +114,97 @@ export class FieldReader {
     return v;
   }
 
+  /** The map at `path`; undefined when absent. Anything else is reported. */
+  map(path: FieldPath): RawObject | undefined {
+    const v = this.get(path);
+    if (v === undefined) return undefined;
+    if (!isRecord(v)) {
+      this.fail(path, `expected a map, got ${describe(v)}`);
+      return undefined;
+    }
+    return v;
+  }
+
+  integer(path: FieldPath): number | undefined {
+    const v = this.get(path);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'number' || !Number.isInteger(v)) {
+      this.fail(path, `expected an integer, got ${describe(v)}`);
+      return undefined;
+    }
+    return v;
+  }
+
+  /** A port number, 1-65535. */
+  port(path: FieldPath, required?: { required: true }): number | undefined {
+    const v = this.get(path);
+    if (v === undefined) {
+      if (required && !this.parentFailed(path)) this.fail(path, 'required');
+      return undefined;
+    }
+    if (typeof v !== 'number' || !Number.isInteger(v)) {
+      this.fail(path, `expected a port number, got ${describe(v)}`);
+      return undefined;
+    }
+    if (!isPortNumber(v)) {
+      this.fail(path, `${v} ${PORT_RANGE_HINT}`);
+      return undefined;
+    }
+    return v;
+  }
+
+  /** A string among `allowed`; `what` names it in the message (`an action`). */
+  oneOf<T extends string>(path: FieldPath, allowed: readonly T[], what: string): T | undefined {
+    const v = this.string(path);
+    if (v === undefined) return undefined;
+    if (!(allowed as readonly string[]).includes(v)) {
+      this.fail(path, `${JSON.stringify(v)} is not ${what} (expected ${alternatives(allowed)})`);
+      return undefined;
+    }
+    return v as T;
+  }
+
+  /**
+   * A list of strings; undefined when absent. Each item is checked by `check` (which returns a
+   * message for a bad item); empty strings are refused. Frozen.
+   */
+  stringList(
+    path: FieldPath,
+    check?: (item: string) => string | undefined,
+  ): readonly string[] | undefined {
+    const list = this.list(path);
+    if (list === undefined) return undefined;
+    const out: string[] = [];
+    list.forEach((item, i) => {
+      const at = [...path, i];
+      if (typeof item !== 'string') {
+        const quote = typeof item === 'number' || typeof item === 'boolean' ? ' (quote it)' : '';
+        this.fail(at, `expected a string, got ${describe(item)}${quote}`);
+        return;
+      }
+      const problem = item === '' ? 'must not be empty' : check?.(item);
+      if (problem !== undefined) this.fail(at, problem);
+      else out.push(item);
+    });
+    return Object.freeze(out);
+  }
+
+  /** Reports every key of the map at `path` that is not in `known` (a schema's fields). */
+  onlyFields(path: FieldPath, known: readonly string[]): void {
+    const v = this.get(path);
+    if (!isRecord(v)) return;
+    for (const key of Object.keys(v)) {
+      if (known.includes(key)) continue;
+      const guess = closest(key, known);
+      this.fail(
+        [...path, key],
+        guess !== undefined
+          ? `unknown field (did you mean "${guess}"?)`
+          : `unknown field (expected ${alternatives(known)})`,
+      );
+    }
+  }
+
   /** A string -> string map (labels, annotations); {} when absent. Frozen. */
   stringMap(path: FieldPath): Readonly<Record<string, string>> {
     const v = this.get(path);
@@ -176,3 +267,77 @@ export function checkDataplaneMode(
     );
   }
 }
+
+/** `a or b`, `one of a, b, c`. */
+export function alternatives(values: readonly string[]): string {
+  if (values.length <= 2) return values.join(' or ');
+  return `one of ${values.join(', ')}`;
+}
+
+/** The known name a mistyped field most likely meant (case, a letter or two off). */
+function closest(key: string, known: readonly string[]): string | undefined {
+  const lower = key.toLowerCase();
+  let best: string | undefined;
+  let bestDistance = Math.max(1, Math.floor(key.length / 4)) + 1; // a letter per 4, at least 1
+  for (const k of known) {
+    const d = k.toLowerCase() === lower ? 0 : editDistance(lower, k.toLowerCase(), bestDistance);
+    if (d < bestDistance) {
+      best = k;
+      bestDistance = d;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance, or `limit` when it is at least `limit`. */
+function editDistance(a: string, b: string, limit: number): number {
+  if (Math.abs(a.length - b.length) >= limit) return limit;
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    let rowMin = i;
+    for (let j = 1; j <= b.length; j++) {
+      const v = Math.min(
+        prev[j]! + 1,
+        cur[j - 1]! + 1,
+        prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+      cur.push(v);
+      rowMin = Math.min(rowMin, v);
+    }
+    if (rowMin >= limit) return limit;
+    prev = cur;
+  }
+  return Math.min(prev[b.length]!, limit);
+}
+
+export const PORT_RANGE_HINT = 'is not a valid port number (expected 1-65535)';
+
+export function isPortNumber(n: number): boolean {
+  return Number.isInteger(n) && n >= 1 && n <= 65535;
+}
+
+/** A port written as a string of digits, 1-65535 (Istio policy ports). */
+export function isPortString(s: string): boolean {
+  return /^[0-9]{1,5}$/.test(s) && isPortNumber(Number(s));
+}
+
+/** An IPv4 or IPv6 address, or a CIDR block of either (`10.0.0.0/8`, `fd00::/8`). */
+export function isIPOrCidr(s: string): boolean {
+  const slash = s.indexOf('/');
+  if (slash < 0) return isIP(s) !== 0;
+  const family = isIP(s.slice(0, slash));
+  const bits = s.slice(slash + 1);
+  if (family === 0 || !/^[0-9]{1,3}$/.test(bits)) return false;
+  return Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+const IANA_SVC_NAME = /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/;
+
+/** A named port (IANA_SVC_NAME): at most 15 characters, a-z 0-9 '-', a letter, no '--'. */
+export function isPortName(s: string): boolean {
+  return s.length <= 15 && IANA_SVC_NAME.test(s) && /[a-z]/.test(s) && !s.includes('--');
+}
+
+export const PORT_NAME_HINT =
+  'is not a valid port name (at most 15 lowercase letters, digits and "-", with at least one letter)';

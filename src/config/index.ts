@@ -1,8 +1,10 @@
-// config/: parses and validates cluster objects (Pods, Namespaces, Nodes; more kinds later)
-// from its sources and publishes them through ConfigStore. It must not touch the kernel or
-// the network, exit the process, or create a logger of its own.
+// config/: parses and validates cluster objects (Pods, Namespaces, Nodes, Services,
+// EndpointSlices, Istio AuthorizationPolicies and PeerAuthentications) from its sources and
+// publishes them through ConfigStore. It must not touch the kernel or the network, exit the
+// process, or create a logger of its own.
 
 export * from './model.js';
+export * from './mesh-model.js';
 export {
   ConfigError,
   formatFieldPath,

@@ -6,9 +6,15 @@
 // can apply Istio's rule for what the node proxy cannot enforce at L4.
 
 export type LoadBalancing = 'p2c' | 'random' | 'round-robin';
+export const LOAD_BALANCINGS: readonly LoadBalancing[] = ['p2c', 'random', 'round-robin'];
+export const DEFAULT_LOAD_BALANCING: LoadBalancing = 'p2c';
 export const LOAD_BALANCING_ANNOTATION = 'weft.io/load-balancing';
 export const USE_WAYPOINT_ANNOTATION = 'weft.io/use-waypoint';
+/** Namespace annotation; its only value is `registry-only`. */
 export const OUTBOUND_POLICY_ANNOTATION = 'weft.io/outbound-policy';
+export const OUTBOUND_POLICIES: readonly string[] = ['registry-only'];
+/** EndpointSlice label naming the Service the slice belongs to. */
+export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
 
 export interface ServicePort {
   /** '' when the service has a single unnamed port. */
@@ -37,6 +43,11 @@ export interface Service {
   readonly waypoint?: string;
 }
 
+/**
+ * One EndpointSlice port. A slice port without `port` means "all ports" in Kubernetes (only
+ * for services without a selector); weft cannot forward to "any port", so such entries are
+ * left out of `EndpointSlice.ports`.
+ */
 export interface EndpointPort {
   /** '' for an unnamed port. */
   readonly name: string;
@@ -53,7 +64,11 @@ export interface Endpoint {
   readonly terminating: boolean;
   readonly nodeName?: string;
   readonly zone?: string;
-  readonly targetRef?: { readonly kind: string; readonly namespace?: string; readonly name: string };
+  readonly targetRef?: {
+    readonly kind: string;
+    readonly namespace?: string;
+    readonly name: string;
+  };
 }
 
 export interface EndpointSlice {
@@ -67,6 +82,7 @@ export interface EndpointSlice {
 }
 
 export type PolicyAction = 'ALLOW' | 'DENY' | 'AUDIT' | 'CUSTOM';
+export const POLICY_ACTIONS: readonly PolicyAction[] = ['ALLOW', 'DENY', 'AUDIT', 'CUSTOM'];
 
 /** One `from.source` of an Istio rule. Absent lists mean "not constrained". */
 export interface PolicySource {
@@ -76,10 +92,20 @@ export interface PolicySource {
   readonly notRequestPrincipals?: readonly string[];
   readonly namespaces?: readonly string[];
   readonly notNamespaces?: readonly string[];
+  /**
+   * Kubernetes service accounts as `<namespace>/<name>` (a bare `<name>` in the manifest is
+   * resolved to the policy's namespace). Istio's shorthand for principals in any trust domain.
+   */
+  readonly serviceAccounts?: readonly string[];
+  readonly notServiceAccounts?: readonly string[];
+  /** IPs or CIDRs as written (IPv4 or IPv6: Istio accepts both; IPv6 never matches here). */
   readonly ipBlocks?: readonly string[];
   readonly notIpBlocks?: readonly string[];
   readonly remoteIpBlocks?: readonly string[];
   readonly notRemoteIpBlocks?: readonly string[];
+  /** Peer trust domains (exact, `*` prefix/suffix, or `*`). */
+  readonly trustDomains?: readonly string[];
+  readonly notTrustDomains?: readonly string[];
 }
 
 /** One `to.operation` of an Istio rule. */
@@ -121,6 +147,7 @@ export interface AuthorizationPolicy {
 }
 
 export type MtlsMode = 'UNSET' | 'DISABLE' | 'PERMISSIVE' | 'STRICT';
+export const MTLS_MODES: readonly MtlsMode[] = ['UNSET', 'DISABLE', 'PERMISSIVE', 'STRICT'];
 
 export interface PeerAuthentication {
   readonly name: string;

@@ -3,8 +3,15 @@
 // kind to its place in ClusterState. It holds no behaviour beyond small pure helpers; it must
 // not parse, validate, log, or touch the kernel or the network.
 //
-// Adding a kind (Service, EndpointSlice, ...): add its type here, an entry in KindMap and in
+// Adding a kind: add its type here (or in mesh-model.ts), an entry in KindMap and in
 // KIND_INFO, a field in ClusterState, and a translator in kinds/ registered in translate.ts.
+
+import type {
+  AuthorizationPolicy,
+  EndpointSlice,
+  PeerAuthentication,
+  Service,
+} from './mesh-model.js';
 
 /** Reference to one cluster object. `namespace` is absent for cluster-scoped kinds. */
 export interface ObjectRef {
@@ -51,6 +58,10 @@ export interface KindMap {
   Pod: Workload;
   Namespace: Namespace;
   Node: Node;
+  Service: Service;
+  EndpointSlice: EndpointSlice;
+  AuthorizationPolicy: AuthorizationPolicy;
+  PeerAuthentication: PeerAuthentication;
 }
 export type Kind = keyof KindMap;
 
@@ -61,6 +72,11 @@ export interface ClusterState {
   readonly workloads: ReadonlyMap<string, Workload>;
   readonly namespaces: ReadonlyMap<string, Namespace>;
   readonly nodes: ReadonlyMap<string, Node>;
+  /** Keyed by `<namespace>/<name>`, like every namespaced kind below. */
+  readonly services: ReadonlyMap<string, Service>;
+  readonly endpointSlices: ReadonlyMap<string, EndpointSlice>;
+  readonly authorizationPolicies: ReadonlyMap<string, AuthorizationPolicy>;
+  readonly peerAuthentications: ReadonlyMap<string, PeerAuthentication>;
 }
 
 /** The ClusterState field of each kind, and whether the kind is namespaced. */
@@ -68,6 +84,10 @@ export const KIND_INFO = {
   Pod: { field: 'workloads', namespaced: true },
   Namespace: { field: 'namespaces', namespaced: false },
   Node: { field: 'nodes', namespaced: false },
+  Service: { field: 'services', namespaced: true },
+  EndpointSlice: { field: 'endpointSlices', namespaced: true },
+  AuthorizationPolicy: { field: 'authorizationPolicies', namespaced: true },
+  PeerAuthentication: { field: 'peerAuthentications', namespaced: true },
 } as const satisfies {
   readonly [K in Kind]: { readonly field: keyof ClusterState; readonly namespaced: boolean };
 };
@@ -128,7 +148,16 @@ export function formatRef(ref: ObjectRef): string {
 }
 
 export function emptyClusterState(): ClusterState {
-  return { generation: 0, workloads: new Map(), namespaces: new Map(), nodes: new Map() };
+  return {
+    generation: 0,
+    workloads: new Map(),
+    namespaces: new Map(),
+    nodes: new Map(),
+    services: new Map(),
+    endpointSlices: new Map(),
+    authorizationPolicies: new Map(),
+    peerAuthentications: new Map(),
+  };
 }
 
 export function emptyDiff(): ClusterDiff {

@@ -7,6 +7,12 @@
 import { isDeepStrictEqual } from 'node:util';
 import { TypedEmitter } from './emitter.js';
 import type { Logger } from './logger.js';
+import type {
+  AuthorizationPolicy,
+  EndpointSlice,
+  PeerAuthentication,
+  Service,
+} from './mesh-model.js';
 import {
   emptyClusterState,
   emptyDiff,
@@ -59,6 +65,10 @@ export class ConfigStore extends TypedEmitter<ConfigStoreEvents> {
   private current: ClusterState = emptyClusterState();
   private byIp: ReadonlyMap<string, Workload> = new Map();
   private byNode: ReadonlyMap<string, readonly Workload[]> = new Map();
+  private byVip: ReadonlyMap<string, Service> = new Map();
+  private slicesByService: ReadonlyMap<string, readonly EndpointSlice[]> = new Map();
+  private policiesByNs: ReadonlyMap<string, readonly AuthorizationPolicy[]> = new Map();
+  private peerAuthsByNs: ReadonlyMap<string, readonly PeerAuthentication[]> = new Map();
 
   constructor(options: ConfigStoreOptions = {}) {
     const logger = options.logger;
@@ -124,6 +134,33 @@ export class ConfigStore extends TypedEmitter<ConfigStoreEvents> {
     return this.current.nodes.get(name);
   }
 
+  service(namespace: string, name: string): Service | undefined {
+    return this.current.services.get(`${namespace}/${name}`);
+  }
+
+  /**
+   * The Service whose cluster IP (any of its IPv4 clusterIPs) is `ip`. Should two services
+   * claim one IP, the first by namespace/name wins.
+   */
+  serviceByVip(ip: string): Service | undefined {
+    return this.byVip.get(ip);
+  }
+
+  /** The EndpointSlices of Service `namespace/serviceName`, sorted by name. */
+  endpointSlicesFor(namespace: string, serviceName: string): readonly EndpointSlice[] {
+    return this.slicesByService.get(`${namespace}/${serviceName}`) ?? [];
+  }
+
+  /** The AuthorizationPolicies of one namespace (not the root namespace's), sorted by name. */
+  authorizationPolicies(namespace: string): readonly AuthorizationPolicy[] {
+    return this.policiesByNs.get(namespace) ?? [];
+  }
+
+  /** The PeerAuthentications of one namespace, sorted by name. */
+  peerAuthentications(namespace: string): readonly PeerAuthentication[] {
+    return this.peerAuthsByNs.get(namespace) ?? [];
+  }
+
   /** Where the current version of an object came from (file and line for files). */
   origin(ref: ObjectRef): Origin | undefined {
     return this.origins.get(refKey(ref));
@@ -180,19 +217,42 @@ export class ConfigStore extends TypedEmitter<ConfigStoreEvents> {
     if (isEmptyDiff(diff)) return diff;
 
     // Each map only holds values of its kind (set above from obj.kind).
-    const next: ClusterState = Object.freeze({
-      generation: prev.generation + 1,
-      workloads: nextMaps.Pod as Map<string, Workload>,
-      namespaces: nextMaps.Namespace as Map<string, Namespace>,
-      nodes: nextMaps.Node as Map<string, Node>,
-    });
+    const fields: Record<string, unknown> = { generation: prev.generation + 1 };
+    for (const k of KINDS) fields[KIND_INFO[k].field] = nextMaps[k];
+    const next = Object.freeze(fields) as unknown as ClusterState;
     this.current = next;
-    this.reindex();
+    this.reindex(diff);
     this.emit('change', next, diff, prev);
     return diff;
   }
 
-  private reindex(): void {
+  /** Rebuilds the indices of the kinds that changed. */
+  private reindex(diff: ClusterDiff): void {
+    const changed = (k: Kind): boolean =>
+      diff[k].added.length + diff[k].updated.length + diff[k].removed.length > 0;
+    if (changed('Pod')) this.indexWorkloads();
+    if (changed('Service')) {
+      const byVip = new Map<string, Service>();
+      for (const svc of this.current.services.values()) {
+        for (const ip of svc.clusterIPs) if (!byVip.has(ip)) byVip.set(ip, svc);
+      }
+      this.byVip = byVip;
+    }
+    if (changed('EndpointSlice')) {
+      this.slicesByService = groupBy(
+        this.current.endpointSlices.values(),
+        (s) => `${s.namespace}/${s.serviceName}`,
+      );
+    }
+    if (changed('AuthorizationPolicy')) {
+      this.policiesByNs = groupBy(this.current.authorizationPolicies.values(), (p) => p.namespace);
+    }
+    if (changed('PeerAuthentication')) {
+      this.peerAuthsByNs = groupBy(this.current.peerAuthentications.values(), (p) => p.namespace);
+    }
+  }
+
+  private indexWorkloads(): void {
     const byIp = new Map<string, Workload>();
     const byNode = new Map<string, Workload[]>();
     for (const w of this.current.workloads.values()) {
@@ -217,7 +277,22 @@ export class ConfigStore extends TypedEmitter<ConfigStoreEvents> {
 }
 
 function stateMaps(s: ClusterState): KindMaps {
-  return { Pod: s.workloads, Namespace: s.namespaces, Node: s.nodes };
+  const maps = {} as Record<Kind, ReadonlyMap<string, unknown>>;
+  for (const k of KINDS) maps[k] = s[KIND_INFO[k].field] as ReadonlyMap<string, unknown>;
+  return maps as KindMaps;
+}
+
+/** Groups values (already sorted by namespace/name) by key; each group frozen, order kept. */
+function groupBy<T>(values: Iterable<T>, key: (v: T) => string): ReadonlyMap<string, readonly T[]> {
+  const out = new Map<string, T[]>();
+  for (const v of values) {
+    const k = key(v);
+    let list = out.get(k);
+    if (list === undefined) out.set(k, (list = []));
+    list.push(v);
+  }
+  for (const list of out.values()) Object.freeze(list);
+  return out;
 }
 
 function refFromKey(kind: Kind, key: string): ObjectRef {

@@ -13,9 +13,13 @@ import {
   isDns1123Subdomain,
   isRecord,
 } from './fields.js';
+import { authorizationPolicyTranslator } from './kinds/authorization-policy.js';
+import { endpointSliceTranslator } from './kinds/endpoint-slice.js';
 import { namespaceTranslator } from './kinds/namespace.js';
 import { nodeTranslator } from './kinds/node.js';
+import { peerAuthenticationTranslator } from './kinds/peer-authentication.js';
 import { podTranslator } from './kinds/pod.js';
+import { serviceTranslator } from './kinds/service.js';
 import type { KindTranslator } from './kinds/translator.js';
 import type { Logger } from './logger.js';
 import {
@@ -33,6 +37,10 @@ export const TRANSLATORS: { readonly [K in Kind]: KindTranslator<K> } = {
   Pod: podTranslator,
   Namespace: namespaceTranslator,
   Node: nodeTranslator,
+  Service: serviceTranslator,
+  EndpointSlice: endpointSliceTranslator,
+  AuthorizationPolicy: authorizationPolicyTranslator,
+  PeerAuthentication: peerAuthenticationTranslator,
 };
 
 export interface TranslateOptions {

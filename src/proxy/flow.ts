@@ -56,6 +56,9 @@ export type FlowOutcome =
       readonly sent: number;
       readonly received: number;
       readonly error?: string;
+      /** Set when the proxy cut the connection (a policy change now denies it). */
+      readonly flag?: ResponseFlag;
+      readonly policy?: string;
     }
   | {
       readonly kind: 'refused';

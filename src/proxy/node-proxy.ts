@@ -59,7 +59,7 @@ export interface DestinationResolver {
     exclude: ReadonlySet<string>,
   ): ResolvedDestination | { readonly refuse: string } | undefined;
   /** Marks a connection to an endpoint as active (for load balancing); returns release. */
-  track?(destination: ResolvedDestination): () => void;
+  track?(destination: ResolvedDestination): (() => void) | undefined;
 }
 
 export interface AuthorizationInput {
@@ -103,6 +103,8 @@ interface LiveFlow {
   readonly flow: Flow;
   readonly sockets: Socket[];
   readonly counts: () => { sent: number; received: number };
+  /** Why the proxy cut it, when a policy change denied it while it was open. */
+  revoked?: { readonly reason: string; readonly policy?: string };
 }
 
 class Refusal extends Error {
@@ -218,6 +220,32 @@ export class NodeProxy {
       flow: l.flow,
       ...l.counts(),
     }));
+  }
+
+  /**
+   * Re-checks every live connection to a local pod against the current policy and closes
+   * those it now denies (called after a policy change).
+   */
+  recheck(): number {
+    let closed = 0;
+    for (const live of [...this.live.values(), ...this.hboneFlows.values()]) {
+      const { flow } = live;
+      const destination = flow.destinationWorkload;
+      const toLocalPod = flow.direction === 'inbound' || flow.path === 'same-node';
+      if (!toLocalPod || !destination || destination.nodeName !== this.options.nodeName) continue;
+      const verdict = this.authorize({
+        destination,
+        port: (flow.upstream ?? flow.target).port,
+        sourceIdentity: flow.path === 'inbound-plaintext' ? undefined : flow.sourceIdentity,
+        sourceIp: flow.client.ip,
+        mtls: flow.path !== 'inbound-plaintext',
+      });
+      if (verdict.allow) continue;
+      live.revoked = { reason: `policy changed: ${verdict.reason}`, policy: verdict.policy };
+      for (const socket of live.sockets) socket.destroy();
+      closed++;
+    }
+    return closed;
   }
 
   /** Waits for live flows to finish, up to `graceMs`, then resets what is left. */
@@ -457,12 +485,13 @@ export class NodeProxy {
     const live = this.hboneFlows.get(key);
     if (live) {
       this.hboneFlows.delete(key);
-      this.options.observer.closed(live.flow, {
+      const outcome: FlowOutcome = {
         kind: 'relayed',
         sent: record.bytesIn,
         received: record.bytesOut,
         error: record.reason,
-      });
+      };
+      this.options.observer.closed(live.flow, withRevocation(outcome, live.revoked));
       return;
     }
     // Refused before a target connection existed (400/401/503): report it as a flow too.
@@ -576,9 +605,16 @@ export class NodeProxy {
   }
 
   private finish(flow: Flow, outcome: FlowOutcome): void {
-    if (!this.live.delete(flow.id)) return;
-    this.options.observer.closed(flow, outcome);
+    const live = this.live.get(flow.id);
+    if (!live) return;
+    this.live.delete(flow.id);
+    this.options.observer.closed(flow, withRevocation(outcome, live.revoked));
   }
+}
+
+function withRevocation(outcome: FlowOutcome, revoked: LiveFlow['revoked']): FlowOutcome {
+  if (!revoked || outcome.kind !== 'relayed') return outcome;
+  return { ...outcome, error: revoked.reason, flag: 'DENY', policy: revoked.policy };
 }
 
 function asRefusal(error: unknown): Refusal {

@@ -25,6 +25,13 @@ export class AccessLog implements FlowObserver {
         srcWorkload: workloadName(flow.sourceWorkload),
         dstWorkload: workloadName(flow.destinationWorkload),
         durationMs: Date.now() - flow.startedAt,
+        srcIdentity: flow.sourceIdentity,
+        dstIdentity: flow.destinationIdentity,
+        service: flow.service && `${flow.service.namespace}/${flow.service.name}`,
+        upstream: flow.upstream && formatEndpoint(flow.upstream),
+        security: flow.security,
+        responseFlags: outcome.flag ?? '-',
+        policy: outcome.kind === 'refused' || outcome.flag ? outcome.policy : undefined,
         ...(outcome.kind === 'relayed'
           ? { bytesSent: outcome.sent, bytesReceived: outcome.received, error: outcome.error }
           : { refused: outcome.reason }),

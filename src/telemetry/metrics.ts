@@ -101,13 +101,14 @@ export class MeshMetrics implements FlowObserver {
   }
 
   closed(flow: Flow, outcome: FlowOutcome): void {
-    const flag = outcome.kind === 'refused' ? outcome.flag : '-';
+    const flag = outcome.flag ?? '-';
     const labels = this.labelsFor(flow, flag);
     this.closed_.inc(labels);
     if (outcome.kind === 'relayed') {
       this.sent.inc(labels, outcome.sent);
       this.received.inc(labels, outcome.received);
-    } else if (outcome.flag === 'DENY') {
+    }
+    if (outcome.flag === 'DENY') {
       this.denials.inc({ policy: outcome.policy ?? 'default-deny', reporter: labels.reporter });
     }
   }
