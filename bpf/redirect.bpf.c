@@ -53,6 +53,13 @@ struct {
 } weft_host_addrs SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_SERVICE_VIPS);
+	__type(key, __u32);
+	__type(value, __u32);
+} weft_service_vips SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -273,6 +280,11 @@ int weft_redirect(struct __sk_buff *skb)
 		 * uncaptured) is the one plaintext an enrolled pod may send without the proxy. */
 		if (src_enrolled && bpf_map_lookup_elem(&weft_host_addrs, &dst))
 			return TC_ACT_UNSPEC;
+		if (src_enrolled && bpf_map_lookup_elem(&weft_service_vips, &dst)) {
+			/* Marked: the node can only deliver it locally, never forward it. */
+			mark_captured(skb);
+			return TC_ACT_OK;
+		}
 		count(owner, C_DROPPED_STRAY);
 		return TC_ACT_SHOT;
 	}

@@ -10,11 +10,12 @@
 #include <linux/types.h>
 
 /* Bumped whenever a map's key or value layout changes. */
-#define WEFT_ABI_VERSION 1
+#define WEFT_ABI_VERSION 2
 
 #define WEFT_MAX_PODS 65536
 #define WEFT_MAX_IFACES 65536
 #define WEFT_MAX_HOST_ADDRS 256
+#define WEFT_MAX_SERVICE_VIPS 65536
 
 /* weft_listeners: SOCKMAP slots holding the node proxy's capture listeners. */
 enum weft_listener_slot {
@@ -60,5 +61,11 @@ struct weft_counters {
 };
 
 /* weft_host_addrs: the node's own addresses; key IPv4 (network order), value unused. */
+
+/* weft_service_vips: cluster IPs of services; key IPv4 (network order), value unused. A
+ * kube-proxy DNAT runs after tc ingress, so later packets of a captured connection to a VIP
+ * carry the pre-NAT tuple and no socket lookup here can match them: they are handed to the
+ * node's own stack (marked, so they can only be delivered locally), where the DNAT turns
+ * them into the tuple of the proxy's accepted socket. */
 
 #endif /* WEFT_MAPS_H */

@@ -13,13 +13,14 @@ import {
 } from './maps.js';
 import type { BpfObject } from './object.js';
 
-export const WEFT_ABI_VERSION = 1;
+export const WEFT_ABI_VERSION = 2;
 
 export const MAP_NAMES = [
   'weft_listeners',
   'weft_pods',
   'weft_ifaces',
   'weft_host_addrs',
+  'weft_service_vips',
   'weft_config',
   'weft_counters',
 ] as const;
@@ -86,6 +87,8 @@ export interface WeftMaps {
   readonly ifaces: TypedMap<number, { podIp: string; flags: number }>;
   /** The node's own addresses. */
   readonly hostAddrs: TypedMap<string, number>;
+  /** Service cluster IPs (see weft_maps.h for why the program needs them). */
+  readonly serviceVips: TypedMap<string, number>;
   readonly config: TypedMap<number, DatapathConfig>;
   /** Pod IP ('0.0.0.0' for traffic with no pod) -> counters summed over CPUs. */
   readonly counters: PerCpuCounterMap<string, PodCounters>;
@@ -103,6 +106,7 @@ export function openWeftMaps(object: BpfObject): WeftMaps {
     ),
     ifaces: new TypedMap('weft_ifaces', fd('weft_ifaces'), u32Codec, ifaceCodec),
     hostAddrs: new TypedMap('weft_host_addrs', fd('weft_host_addrs'), ipv4Codec, u32Codec),
+    serviceVips: new TypedMap('weft_service_vips', fd('weft_service_vips'), ipv4Codec, u32Codec),
     config: new TypedMap(
       'weft_config',
       fd('weft_config'),

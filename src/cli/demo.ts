@@ -31,9 +31,19 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     nodes: 2,
     podsPerNode: 2,
     pods: {
-      'pod-0-0': { name: 'frontend', namespace: 'shop', serviceAccount: 'frontend', annotations: AMBIENT },
+      'pod-0-0': {
+        name: 'frontend',
+        namespace: 'shop',
+        serviceAccount: 'frontend',
+        annotations: AMBIENT,
+      },
       'pod-0-1': { name: 'cart', namespace: 'shop', serviceAccount: 'cart', annotations: AMBIENT },
-      'pod-1-0': { name: 'payments', namespace: 'shop', serviceAccount: 'payments', annotations: AMBIENT },
+      'pod-1-0': {
+        name: 'payments',
+        namespace: 'shop',
+        serviceAccount: 'payments',
+        annotations: AMBIENT,
+      },
       'pod-1-1': { name: 'legacy', namespace: 'shop', serviceAccount: 'legacy' },
     },
   });
@@ -61,7 +71,18 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await Promise.all(lab.pods.map((pod) => lab.serve(pod.name, SERVER_PORT)));
     const node0 = lab.node('node-0');
     const pcap = `${lab.dir}/node-0-uplink.pcap`;
-    const capture = lab.spawn(node0.netns, ['tcpdump', '--immediate-mode', '-i', node0.uplink, '-U', '-s', '0', '-w', pcap, 'tcp']);
+    const capture = lab.spawn(node0.netns, [
+      'tcpdump',
+      '--immediate-mode',
+      '-i',
+      node0.uplink,
+      '-U',
+      '-s',
+      '0',
+      '-w',
+      pcap,
+      'tcp',
+    ]);
     for (let i = 0; i < 40 && !capture.stderr.includes('listening on'); i++) await sleep(50);
     say('\nTraffic (each connection sends 64 KiB and checks the echo):');
     const flows: [string, string][] = [
@@ -120,7 +141,9 @@ async function showWire(lab: Lab, pcap: string): Promise<void> {
   const node0 = lab.node('node-0');
   say(`\nOn the wire between the nodes (tcpdump on node-0's uplink ${node0.uplink}):`);
   const read = async (filter: string) =>
-    (await lab.exec(node0.netns, ['tcpdump', '-nn', '-r', pcap, filter], { allowFail: true })).stdout
+    (
+      await lab.exec(node0.netns, ['tcpdump', '-nn', '-r', pcap, filter], { allowFail: true })
+    ).stdout
       .split('\n')
       .filter(Boolean).length;
   const tunnel = await read('tcp port 15008');
@@ -128,9 +151,13 @@ async function showWire(lab: Lab, pcap: string): Promise<void> {
   const raw = await readFile(pcap).catch(() => Buffer.alloc(0));
   // podapp sends random bytes; the demo looks for the echo server's port and TLS records.
   const tlsRecords = await read('tcp port 15008 and (tcp[((tcp[12:1] & 0xf0) >> 2):1] = 0x17)');
-  say(`  ${tunnel} packets to/from port 15008 (HBONE: mutual TLS 1.3), ${tlsRecords} of them TLS application data`);
+  say(
+    `  ${tunnel} packets to/from port 15008 (HBONE: mutual TLS 1.3), ${tlsRecords} of them TLS application data`,
+  );
   say(`  ${plain} packets to/from the application port 8080: mesh traffic crossed encrypted only`);
-  say(`  (frontend -> legacy went in plaintext: legacy is not in the mesh, as with Istio ambient; capture ${raw.length} bytes)`);
+  say(
+    `  (frontend -> legacy went in plaintext: legacy is not in the mesh, as with Istio ambient; capture ${raw.length} bytes)`,
+  );
 }
 
 async function showMetrics(lab: Lab): Promise<void> {
@@ -142,14 +169,27 @@ async function showMetrics(lab: Lab): Promise<void> {
   ]);
   const lines = run.stdout
     .split('\n')
-    .filter((l) => /^istio_tcp_(sent_bytes|connections_opened)_total\{reporter="destination"/.test(l) || /^weft_bpf_packets_total\{pod="payments".*captured_hbone/.test(l));
+    .filter(
+      (l) =>
+        /^istio_tcp_(sent_bytes|connections_opened)_total\{reporter="destination"/.test(l) ||
+        /^weft_bpf_packets_total\{pod="payments".*captured_hbone/.test(l),
+    );
   say('\nA few metric lines from node-1 (http://<node>:15020/metrics, Istio names and labels):');
   for (const line of lines.slice(0, 4)) say(`  ${shorten(line)}`);
 }
 
 function shorten(line: string): string {
   // Keep the labels a person reads first; the full set is Istio's.
-  const keep = ['reporter', 'source_workload', 'source_principal', 'destination_workload', 'destination_principal', 'connection_security_policy', 'pod', 'counter'];
+  const keep = [
+    'reporter',
+    'source_workload',
+    'source_principal',
+    'destination_workload',
+    'destination_principal',
+    'connection_security_policy',
+    'pod',
+    'counter',
+  ];
   const match = /^([a-z_]+)\{(.*)\} (.*)$/.exec(line);
   if (!match) return line;
   const labels = match[2]!.split(/,(?=[a-z_]+=")/).filter((l) => keep.includes(l.split('=')[0]!));
@@ -158,7 +198,9 @@ function shorten(line: string): string {
 
 async function showStatus(lab: Lab): Promise<void> {
   const node0 = lab.node('node-0');
-  const run = await lab.exec(node0.netns, [process.execPath, WEFT_CLI, 'status'], { allowFail: true });
+  const run = await lab.exec(node0.netns, [process.execPath, WEFT_CLI, 'status'], {
+    allowFail: true,
+  });
   say('\n`weft status` on node-0:');
   say(run.stdout.replace(/^/gm, '  ').trimEnd() || `  ${run.stderr.trim()}`);
 }

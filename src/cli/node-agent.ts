@@ -11,6 +11,7 @@ import {
 } from '../bpf/attach.js';
 import { COUNTER_FIELDS, ListenerSlot } from '../bpf/weft-maps.js';
 import { ConfigStore, FileSource, type Workload } from '../config/index.js';
+import { KubeSource } from '../config/kube-source.js';
 import {
   CertificateManager,
   TrustBundles,
@@ -22,12 +23,13 @@ import {
 import { HBONE_CIPHERSUITES, HbonePool, type VerifyPeer } from '../proxy/hbone/index.js';
 import { observeAll } from '../proxy/flow.js';
 import { ServiceResolver } from '../lb/index.js';
+import { PolicyEngine } from '../policy/index.js';
 import { NodeProxy, type MeshDirectory, type TunnelCredentials } from '../proxy/node-proxy.js';
 import { Datapath, removeDatapath } from '../redirect/datapath.js';
 import {
   describeLocalPods,
   isEnrolled,
-  reconcileHostAddrs,
+  reconcileAddressSet,
   reconcilePodMaps,
   type LocalPod,
 } from '../redirect/enrollment.js';
@@ -83,7 +85,9 @@ export function cleanupNode(options: NodeOptions, log: Logger): void {
 
 export class NodeAgent {
   private readonly store: ConfigStore;
-  private source?: FileSource;
+  private source?: FileSource | KubeSource;
+  /** Pods this process has marked `weft.io/redirection: enabled` (Kubernetes source only). */
+  private readonly marked = new Map<string, boolean>();
   private datapath?: Datapath;
   private certificates?: CertificateManager;
   private readonly listeners: CaptureListener[] = [];
@@ -91,6 +95,9 @@ export class NodeAgent {
   private proxy?: NodeProxy;
   private readonly metrics: MeshMetrics;
   private readonly resolver: ServiceResolver;
+  private readonly policy = new PolicyEngine();
+  private readonly reportedPolicyNotes = new Set<string>();
+  private policyInputs?: { policies: unknown; peerAuths: unknown };
   private scanTimer?: NodeJS.Timeout;
   private localPods: LocalPod[] = [];
   private readonly reportedProblems = new Set<string>();
@@ -117,11 +124,19 @@ export class NodeAgent {
       log.warn({}, 'no --ca: traffic between nodes that needs a tunnel is refused (fail closed)');
     }
 
-    this.source = new FileSource({
-      path: options.config,
-      store: this.store,
-      logger: log.child({ component: 'config' }),
-    });
+    this.source =
+      options.config === 'kube'
+        ? new KubeSource({
+            store: this.store,
+            logger: log.child({ component: 'config' }),
+            // A cluster without Istio's CRDs simply has no such policies.
+            optionalKinds: ['AuthorizationPolicy', 'PeerAuthentication'],
+          })
+        : new FileSource({
+            path: options.config,
+            store: this.store,
+            logger: log.child({ component: 'config' }),
+          });
     this.source.on('errors', (errors) => {
       for (const error of errors) {
         log.error({ error: String(error) }, 'config rejected; the last good version stays');
@@ -142,8 +157,16 @@ export class NodeAgent {
       observer: observeAll([new AccessLog(log.child({ component: 'access' })), this.metrics]),
       connectTimeoutMs: options.connectTimeoutMs,
       tunnels,
+      authorize: (input) =>
+        this.policy.evaluate({
+          destination: input.destination,
+          destinationPort: input.port,
+          source: { identity: input.sourceIdentity, ip: input.sourceIp },
+          mtls: input.mtls,
+        }),
       logger: log.child({ component: 'hbone' }),
     });
+    this.rebuildPolicy();
     // Listeners and HTTP endpoints first: a busy port is the likeliest start-up failure, found
     // before any kernel state changes.
     const proxy = this.proxy;
@@ -189,6 +212,7 @@ export class NodeAgent {
       this.safely(() => {
         this.reconcile();
         this.resolver.retainLive();
+        this.rebuildPolicy();
       }),
     );
     this.scanTimer = setInterval(
@@ -299,7 +323,6 @@ export class NodeAgent {
       identityOf: (w) => this.identityOf(w),
     };
   }
-
 
   private async openHttpEndpoints(): Promise<void> {
     const { options } = this;
@@ -480,7 +503,9 @@ export class NodeAgent {
         };
       }),
       services: [...this.store.state.services.values()].map((svc) => {
-        const endpoints = this.store.endpointSlicesFor(svc.namespace, svc.name).flatMap((s) => s.endpoints);
+        const endpoints = this.store
+          .endpointSlicesFor(svc.namespace, svc.name)
+          .flatMap((s) => s.endpoints);
         return {
           service: `${svc.namespace}/${svc.name}`,
           vips: [...svc.clusterIPs],
@@ -511,7 +536,11 @@ export class NodeAgent {
     this.localPods = describeLocalPods(workloads, (n) => this.store.namespace(n), interfaces);
     const podIfaces = new Set(this.localPods.flatMap((p) => (p.iface ? [p.iface.index] : [])));
 
-    reconcileHostAddrs(datapath.maps, hostAddresses());
+    reconcileAddressSet(datapath.maps.hostAddrs, hostAddresses());
+    reconcileAddressSet(
+      datapath.maps.serviceVips,
+      [...this.store.state.services.values()].flatMap((svc) => svc.clusterIPs),
+    );
     const result = reconcilePodMaps(datapath.maps, this.localPods);
     for (const iface of interfaces) {
       if (this.shouldAttach(iface, podIfaces)) datapath.attach(iface);
@@ -521,6 +550,7 @@ export class NodeAgent {
     this.metrics.forgetWorkloadsExcept(
       new Set([...this.store.state.workloads.values()].map((w) => w.uid)),
     );
+    this.markRedirection();
     for (const ip of result.enrolled)
       this.log.info({ ip }, 'pod enrolled: its TCP is now captured');
     for (const ip of result.unenrolled) this.log.info({ ip }, 'pod unenrolled');
@@ -531,12 +561,86 @@ export class NodeAgent {
     }
   }
 
+  /**
+   * Recompiles authorization when policies changed, logs once what cannot be enforced as
+   * written, and closes live connections the new policy denies.
+   */
+  private rebuildPolicy(): void {
+    const state = this.store.state;
+    if (
+      this.policyInputs?.policies === state.authorizationPolicies &&
+      this.policyInputs.peerAuths === state.peerAuthentications
+    ) {
+      return;
+    }
+    this.policyInputs = {
+      policies: state.authorizationPolicies,
+      peerAuths: state.peerAuthentications,
+    };
+    const report = this.policy.rebuild(
+      [...state.authorizationPolicies.values()],
+      [...state.peerAuthentications.values()],
+      { rootNamespace: this.options.rootNamespace, trustDomain: this.options.trustDomain },
+    );
+    const notes = [
+      ...report.partiallyEnforced.map((n) => ({
+        ...n,
+        how: 'partially enforced at L4 (fail closed)',
+      })),
+      ...report.ignored.map((n) => ({ ...n, how: 'not enforced by the node proxy' })),
+      ...report.invalid.map((n) => ({ ...n, how: 'has values that do not parse (fail closed)' })),
+    ];
+    for (const note of notes) {
+      const key = `${note.kind}/${note.policy}: ${note.message}`;
+      if (this.reportedPolicyNotes.has(key)) continue;
+      this.reportedPolicyNotes.add(key);
+      this.log.warn(
+        { kind: note.kind, policy: note.policy, detail: note.message },
+        `policy ${note.policy} ${note.how}`,
+      );
+    }
+    const closed = this.proxy?.recheck() ?? 0;
+    this.log.info(
+      { enforced: report.enforced, closedConnections: closed },
+      'authorization policies applied',
+    );
+  }
+
+  /**
+   * Against Kubernetes, enrolled pods carry `weft.io/redirection: enabled` (as Istio marks
+   * `ambient.istio.io/redirection`), so `kubectl get pods -o yaml` shows what weft did.
+   */
+  private markRedirection(): void {
+    const source = this.source;
+    if (!(source instanceof KubeSource)) return;
+    for (const pod of this.localPods) {
+      const key = `${pod.workload.namespace}/${pod.workload.name}`;
+      const want = pod.enrolled && pod.iface !== undefined;
+      const has = pod.workload.annotations[REDIRECTION_ANNOTATION] === 'enabled';
+      if (want === has || this.marked.get(key) === want) continue;
+      this.marked.set(key, want);
+      source
+        .patchPodAnnotation(
+          pod.workload.namespace,
+          pod.workload.name,
+          REDIRECTION_ANNOTATION,
+          want ? 'enabled' : null,
+        )
+        .catch((error: unknown) => {
+          this.marked.delete(key);
+          this.log.warn({ pod: key, error: (error as Error).message }, 'could not annotate pod');
+        });
+    }
+  }
+
   private shouldAttach(iface: Interface, podIfaces: ReadonlySet<number>): boolean {
     if (iface.name === 'lo') return false;
     if (!this.options.uplinks) return true;
     return podIfaces.has(iface.index) || this.options.uplinks.includes(iface.name);
   }
 }
+
+const REDIRECTION_ANNOTATION = 'weft.io/redirection';
 
 function snake(name: string): string {
   return name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);

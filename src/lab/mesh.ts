@@ -20,6 +20,13 @@ export interface AccessEntry {
   dst: string;
   srcWorkload?: string;
   dstWorkload?: string;
+  srcIdentity?: string;
+  dstIdentity?: string;
+  service?: string;
+  upstream?: string;
+  security?: string;
+  responseFlags?: string;
+  policy?: string;
   bytesSent?: number;
   bytesReceived?: number;
   refused?: string;

@@ -3,16 +3,28 @@
 // to that pod, anything else to itself (passthrough) unless the source namespace is
 // registry-only. Shapes match proxy/'s DestinationResolver without importing it.
 import type { Node, Namespace, Workload } from '../config/model.js';
-import { OUTBOUND_POLICY_ANNOTATION, type EndpointSlice, type Service } from '../config/mesh-model.js';
+import {
+  OUTBOUND_POLICY_ANNOTATION,
+  type EndpointSlice,
+  type Service,
+} from '../config/mesh-model.js';
 import { Balancer } from './balancer.js';
-import { clientLocality, resolveServiceTarget, serviceTargetKeys, type TargetEndpoint } from './endpoints.js';
+import {
+  clientLocality,
+  resolveServiceTarget,
+  serviceTargetKeys,
+  type TargetEndpoint,
+} from './endpoints.js';
 
 export interface ClusterView {
   serviceByVip(ip: string): Service | undefined;
   endpointSlicesFor(namespace: string, serviceName: string): readonly EndpointSlice[];
   workloadByIp(ip: string): Workload | undefined;
   namespace(name: string): Namespace | undefined;
-  readonly state: { readonly nodes: ReadonlyMap<string, Node>; readonly services: ReadonlyMap<string, Service> };
+  readonly state: {
+    readonly nodes: ReadonlyMap<string, Node>;
+    readonly services: ReadonlyMap<string, Service>;
+  };
 }
 
 export interface Resolved {
@@ -40,7 +52,8 @@ export class ServiceResolver {
     if (exclude.has(`${target.ip}:${target.port}`)) return undefined;
     const workload = this.view.workloadByIp(target.ip);
     if (workload) return { endpoint: target, workload };
-    const policy = source && this.view.namespace(source.namespace)?.annotations[OUTBOUND_POLICY_ANNOTATION];
+    const policy =
+      source && this.view.namespace(source.namespace)?.annotations[OUTBOUND_POLICY_ANNOTATION];
     if (policy === 'registry-only') {
       return {
         refuse: `${target.ip}:${target.port} is neither a pod nor a service, and namespace ${source!.namespace} is registry-only`,
@@ -66,10 +79,15 @@ export class ServiceResolver {
     const servicePort = service.ports.find((p) => p.port === port && p.protocol === 'TCP');
     if (!servicePort) return { refuse: `service ${name} has no TCP port ${port}` };
     const nodes = this.view.state.nodes;
-    const target = resolveServiceTarget(service, servicePort, this.view.endpointSlicesFor(service.namespace, service.name), {
-      locality: clientLocality(this.nodeName, nodes),
-      nodes,
-    });
+    const target = resolveServiceTarget(
+      service,
+      servicePort,
+      this.view.endpointSlicesFor(service.namespace, service.name),
+      {
+        locality: clientLocality(this.nodeName, nodes),
+        nodes,
+      },
+    );
     if (target.tiers.length === 0) {
       return {
         refuse: `service ${name} port ${port} has no ready endpoint${service.internalTrafficPolicy === 'Local' ? ' on this node (internalTrafficPolicy: Local)' : ''}`,

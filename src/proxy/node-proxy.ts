@@ -424,7 +424,10 @@ export class NodeProxy {
       sourceIp: this.clientIpOf(request),
       mtls: true,
     });
-    return verdict.allow ? verdict : { allow: false, reason: verdict.reason, status: 401 };
+    if (verdict.allow) return verdict;
+    // The deciding policy leads the reason, so the stream record can name it.
+    const reason = verdict.policy ? `policy ${verdict.policy}: ${verdict.reason}` : verdict.reason;
+    return { allow: false, reason, status: 401 };
   }
 
   /**

@@ -110,9 +110,10 @@ export function reconcilePodMaps(maps: WeftMaps, pods: readonly LocalPod[]): Rec
   return { enrolled, unenrolled, problems };
 }
 
-/** Keeps weft_host_addrs equal to the node's addresses. */
-export function reconcileHostAddrs(maps: WeftMaps, addresses: readonly string[]): void {
+/** Keeps an address-set map (host addresses, service VIPs) equal to `addresses`. */
+export function reconcileAddressSet(map: WeftMaps['hostAddrs'], addresses: Iterable<string>): void {
   const want = new Set(addresses);
-  for (const ip of want) maps.hostAddrs.set(ip, 1);
-  for (const ip of maps.hostAddrs.keys()) if (!want.has(ip)) maps.hostAddrs.delete(ip);
+  const have = new Set(map.keys());
+  for (const ip of want) if (!have.has(ip)) map.set(ip, 1);
+  for (const ip of have) if (!want.has(ip)) map.delete(ip);
 }

@@ -1,0 +1,306 @@
+// End-to-end: services, load balancing and identity-based authorization in a 3-node namespace
+// cluster. A service's connections spread over its endpoints; a dead endpoint costs no client
+// connection; AuthorizationPolicy allows and refuses by principal, namespace, ipBlock and
+// port; a policy change cuts a live connection it now denies; STRICT refuses plaintext; a
+// kube-proxy DNAT in front of the capture does not hide the service VIP.
+import test from 'ava';
+import { writeFile, rm } from 'node:fs/promises';
+import { stringify } from 'yaml';
+import { Lab, type PodServer } from '../src/lab/cluster.js';
+import { LabMesh } from '../src/lab/mesh.js';
+import { requireRoot } from './helpers/root.js';
+
+const AMBIENT = { 'weft.io/dataplane-mode': 'ambient' };
+const VIP = '198.18.100.10';
+const PORT = 8080;
+
+let lab: Lab;
+let mesh: LabMesh;
+const servers = new Map<string, PodServer>();
+
+test.before(async () => {
+  requireRoot();
+  lab = await Lab.create({
+    nodes: 3,
+    podsPerNode: [3, 3, 1],
+    pods: {
+      'pod-0-0': { name: 'client', serviceAccount: 'web', annotations: AMBIENT },
+      'pod-0-1': { name: 'tool', namespace: 'other', serviceAccount: 'tool', annotations: AMBIENT },
+      'pod-0-2': { name: 'plain', annotations: {} },
+      'pod-1-0': { name: 'web-a', labels: { app: 'web' }, annotations: AMBIENT },
+      'pod-1-1': { name: 'web-b', labels: { app: 'web' }, annotations: AMBIENT },
+      'pod-1-2': {
+        name: 'api',
+        namespace: 'shop',
+        serviceAccount: 'api',
+        labels: { app: 'api' },
+        annotations: AMBIENT,
+      },
+      'pod-2-0': { name: 'web-c', labels: { app: 'web' }, annotations: AMBIENT },
+    },
+  });
+  mesh = await LabMesh.start(lab);
+  for (const name of ['web-a', 'web-b', 'web-c', 'api'])
+    servers.set(name, await lab.serve(name, PORT));
+  await writeManifest('service.yaml', [
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'web', namespace: 'default' },
+      spec: {
+        clusterIP: VIP,
+        selector: { app: 'web' },
+        ports: [{ name: 'http', port: 80, targetPort: PORT }],
+      },
+    },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: {
+        name: 'web-1',
+        namespace: 'default',
+        labels: { 'kubernetes.io/service-name': 'web' },
+      },
+      addressType: 'IPv4',
+      ports: [{ name: 'http', port: PORT, protocol: 'TCP' }],
+      endpoints: ['web-a', 'web-b', 'web-c'].map((name) => ({
+        addresses: [lab.pod(name).ip],
+        conditions: { ready: true },
+        nodeName: lab.pod(name).node.name,
+        targetRef: { kind: 'Pod', namespace: 'default', name },
+      })),
+    },
+  ]);
+  await eventually(
+    async () => (await lab.connect('client', VIP, 80, { bytes: 16, timeoutMs: 3000 }))[0]!.ok,
+  );
+});
+
+test.after.always(async () => {
+  await mesh?.stop();
+  await lab?.destroy();
+});
+
+async function writeManifest(name: string, objects: object[]): Promise<void> {
+  const tmp = `${mesh.configDir}/.${name}.tmp`;
+  await writeFile(tmp, objects.map((o) => stringify(o)).join('---\n'));
+  const { rename } = await import('node:fs/promises');
+  await rename(tmp, `${mesh.configDir}/${name}`);
+}
+
+/** Polls `check` until it holds (bounded): config reloads are asynchronous. */
+async function eventually(check: () => Promise<boolean>, timeoutMs = 8000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return check();
+}
+
+async function canConnect(from: string, to: string): Promise<boolean> {
+  const [result] = await lab.connect(from, lab.pod(to).ip, PORT, {
+    bytes: 64,
+    timeoutMs: 3000,
+    connectTimeoutMs: 1500,
+  });
+  return Boolean(result?.ok && result.match);
+}
+
+test.serial('a service spreads connections across its three endpoints on two nodes', async (t) => {
+  const before = new Map([...servers].map(([n, s]) => [n, s.accepted().length]));
+  const results = await lab.connect('client', VIP, 80, { bytes: 256, count: 30 });
+  t.true(
+    results.every((r) => r.ok && r.match),
+    JSON.stringify(results.filter((r) => !r.ok)),
+  );
+  for (const name of ['web-a', 'web-b', 'web-c']) {
+    const got = servers.get(name)!.accepted().length - before.get(name)!;
+    t.true(got > 0, `${name} received ${got} of 30`);
+  }
+  const log = mesh.accessLog('node-0').slice(-30);
+  t.true(
+    log.every((e) => e.service === 'default/web' && e.path === 'hbone'),
+    'resolved through the service, tunnelled',
+  );
+});
+
+test.serial('a stopped endpoint costs no client connection', async (t) => {
+  await servers.get('web-c')!.stop();
+  try {
+    const results = await lab.connect('client', VIP, 80, { bytes: 128, count: 20 });
+    t.true(
+      results.every((r) => r.ok && r.match),
+      JSON.stringify(results.filter((r) => !r.ok)),
+    );
+  } finally {
+    servers.set('web-c', await lab.serve('web-c', PORT));
+  }
+});
+
+test.serial('a kube-proxy DNAT after the capture does not hide the service VIP', async (t) => {
+  const node = lab.node('node-0');
+  const rule = [
+    '-t',
+    'nat',
+    '-I',
+    'PREROUTING',
+    '-d',
+    VIP,
+    '-p',
+    'tcp',
+    '--dport',
+    '80',
+    '-j',
+    'DNAT',
+    '--to-destination',
+    `${lab.pod('web-a').ip}:${PORT}`,
+  ];
+  await lab.exec(node.netns, ['iptables', ...rule]);
+  try {
+    const before = mesh.accessLog('node-0').length;
+    const results = await lab.connect('client', VIP, 80, { bytes: 64, count: 6 });
+    t.true(results.every((r) => r.ok && r.match));
+    const entries = (await mesh.waitForAccessLog('node-0', before + 6)).slice(before);
+    t.true(
+      entries.every((e) => e.dst === `${VIP}:80` && e.service === 'default/web'),
+      JSON.stringify(entries.map((e) => e.dst)),
+    );
+  } finally {
+    await lab.exec(node.netns, ['iptables', ...rule.map((a) => (a === '-I' ? '-D' : a))]);
+  }
+});
+
+function apiPolicy(name: string, spec: object): object {
+  return {
+    apiVersion: 'security.istio.io/v1',
+    kind: 'AuthorizationPolicy',
+    metadata: { name, namespace: 'shop' },
+    spec: { selector: { matchLabels: { app: 'api' } }, ...spec },
+  };
+}
+
+test.serial('ALLOW by principal admits that identity and refuses others', async (t) => {
+  await writeManifest('policy.yaml', [
+    apiPolicy('allow-web', {
+      action: 'ALLOW',
+      rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/web'] } }] }],
+    }),
+  ]);
+  t.true(
+    await eventually(async () => !(await canConnect('tool', 'api'))),
+    'tool (sa tool) is refused',
+  );
+  t.true(await canConnect('client', 'api'), 'client (sa web) is allowed');
+  t.false(await canConnect('plain', 'api'), 'a plaintext client has no principal');
+  const denial = mesh
+    .accessLog('node-1')
+    .filter((e) => e.responseFlags === 'DENY')
+    .pop();
+  t.truthy(denial, 'the destination logged the denial');
+});
+
+test.serial('DENY by namespace wins over an ALLOW', async (t) => {
+  await writeManifest('policy.yaml', [
+    apiPolicy('allow-all', { action: 'ALLOW', rules: [{}] }),
+    apiPolicy('deny-other', {
+      action: 'DENY',
+      rules: [{ from: [{ source: { namespaces: ['other'] } }] }],
+    }),
+  ]);
+  t.true(await eventually(async () => canConnect('client', 'api')));
+  t.false(await canConnect('tool', 'api'), 'namespace other is denied');
+  const metrics = await scrape('node-1');
+  t.regex(
+    metrics,
+    /weft_policy_denials_total\{policy="shop\/deny-other",reporter="destination"\} [1-9]/,
+  );
+});
+
+test.serial('ALLOW by ipBlock admits a plaintext client by address', async (t) => {
+  await writeManifest('policy.yaml', [
+    apiPolicy('allow-plain-ip', {
+      action: 'ALLOW',
+      rules: [{ from: [{ source: { ipBlocks: [`${lab.pod('plain').ip}/32`] } }] }],
+    }),
+  ]);
+  t.true(await eventually(async () => canConnect('plain', 'api')), 'plain is allowed by its IP');
+  t.false(await canConnect('client', 'api'), 'the client IP is not in the block');
+});
+
+test.serial('ALLOW by port refuses other ports', async (t) => {
+  await writeManifest('policy.yaml', [
+    apiPolicy('allow-9090', {
+      action: 'ALLOW',
+      rules: [{ to: [{ operation: { ports: ['9090'] } }] }],
+    }),
+  ]);
+  t.true(
+    await eventually(async () => !(await canConnect('client', 'api'))),
+    'port 8080 is not allowed',
+  );
+  await writeManifest('policy.yaml', [
+    apiPolicy('allow-8080', {
+      action: 'ALLOW',
+      rules: [{ to: [{ operation: { ports: ['8080'] } }] }],
+    }),
+  ]);
+  t.true(await eventually(async () => canConnect('client', 'api')), 'port 8080 allowed');
+});
+
+test.serial('a policy change cuts a live connection that is now denied', async (t) => {
+  await writeManifest('policy.yaml', []);
+  t.true(await eventually(async () => canConnect('client', 'api')));
+  const holder = lab.spawn(lab.pod('client').netns, [
+    process.execPath,
+    '-e',
+    `const s=require('net').connect({host:'${lab.pod('api').ip}',port:${PORT}},()=>{console.log('connected');s.write('x')});` +
+      `s.on('data',()=>console.log('data'));s.on('close',()=>{console.log('closed');process.exit(0)});` +
+      `s.on('error',e=>console.log('error '+e.code));setTimeout(()=>{console.log('still-open');process.exit(2)},20000)`,
+  ]);
+  try {
+    await holder.waitForLine((l) => l === 'data', 5000);
+    await writeManifest('policy.yaml', [
+      apiPolicy('deny-web', {
+        action: 'DENY',
+        rules: [{ from: [{ source: { principals: ['cluster.local/ns/default/sa/web'] } }] }],
+      }),
+    ]);
+    const line = await holder.waitForLine((l) => l === 'closed' || l === 'still-open', 15_000);
+    t.is(line, 'closed', 'the live connection was closed');
+    const cutEntry = () =>
+      mesh
+        .accessLog('node-1')
+        .filter((e) => e.error?.startsWith('policy changed'))
+        .pop();
+    await eventually(async () => cutEntry() !== undefined, 5000);
+    t.is(cutEntry()?.policy, 'shop/deny-web', 'the access log names the policy that cut it');
+  } finally {
+    await holder.stop();
+  }
+});
+
+test.serial('STRICT PeerAuthentication refuses plaintext, and mTLS still works', async (t) => {
+  await writeManifest('policy.yaml', [
+    {
+      apiVersion: 'security.istio.io/v1',
+      kind: 'PeerAuthentication',
+      metadata: { name: 'strict', namespace: 'shop' },
+      spec: { mtls: { mode: 'STRICT' } },
+    },
+  ]);
+  t.true(await eventually(async () => !(await canConnect('plain', 'api'))), 'plaintext refused');
+  t.true(await canConnect('client', 'api'), 'mTLS from an enrolled pod works');
+  await rm(`${mesh.configDir}/policy.yaml`);
+  t.true(await eventually(async () => canConnect('plain', 'api')), 'PERMISSIVE again once removed');
+});
+
+async function scrape(nodeName: string): Promise<string> {
+  const node = lab.node(nodeName);
+  const run = await lab.exec(node.netns, [
+    process.execPath,
+    '-e',
+    "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))",
+  ]);
+  return run.stdout;
+}
