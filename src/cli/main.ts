@@ -15,6 +15,7 @@ import {
   DEFAULT_RULE_PRIORITY,
   parseAttachMode,
   parseDuration,
+  parseFraction,
   parseIpv4,
   parseNumber,
   parseTrustDomain,
@@ -76,6 +77,8 @@ async function runNodeCommand(argv: Record<string, unknown>): Promise<void> {
       1,
       10_000_000,
     ),
+    accessLog: argv['access-log'] !== false,
+    accessLogSample: parseFraction('access-log-sample', argv['access-log-sample']),
   };
   if (options.certTtlMs < 2000) throw new CliError(`--cert-ttl must be at least 2s`);
   if ((options.fwmark & options.fwmarkMask) !== options.fwmark) {
@@ -234,6 +237,16 @@ const cli = yargs(hideBin(process.argv))
           type: 'string',
           default: '10000',
           describe: 'most Istio TCP metric label sets kept before folding into "other"',
+        })
+        .option('access-log', {
+          type: 'boolean',
+          default: true,
+          describe: 'one JSON line per closed connection on stdout (--no-access-log turns it off)',
+        })
+        .option('access-log-sample', {
+          type: 'string',
+          default: '1',
+          describe: 'fraction of clean connections logged; refusals and errors always are',
         })
         .option('cleanup', {
           type: 'boolean',

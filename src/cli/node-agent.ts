@@ -154,7 +154,16 @@ export class NodeAgent {
       nodeName: options.nodeName,
       directory,
       resolver: this.resolver,
-      observer: observeAll([new AccessLog(log.child({ component: 'access' })), this.metrics]),
+      observer: observeAll([
+        ...(options.accessLog
+          ? [
+              new AccessLog(log.child({ component: 'access' }), {
+                sampleRate: options.accessLogSample,
+              }),
+            ]
+          : []),
+        this.metrics,
+      ]),
       connectTimeoutMs: options.connectTimeoutMs,
       tunnels,
       authorize: (input) =>

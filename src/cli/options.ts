@@ -35,6 +35,9 @@ export interface NodeOptions {
   readonly readinessPort: number;
   /** Most Istio TCP metric label sets kept before folding into `other`. */
   readonly seriesBudget: number;
+  /** Access log: off, or the fraction of clean connections logged (refusals always are). */
+  readonly accessLog: boolean;
+  readonly accessLogSample: number;
 }
 
 /** Defaults clear of kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00). */
@@ -100,4 +103,12 @@ export function parseTrustDomain(value: unknown): string {
     );
   }
   return text;
+}
+
+export function parseFraction(flag: string, value: unknown): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0 || n > 1) {
+    throw new CliError(`--${flag}: "${String(value)}" is not a fraction from 0 to 1`);
+  }
+  return n;
 }

@@ -8,12 +8,29 @@ function workloadName(w: Workload | undefined): string | undefined {
   return w && `${w.namespace}/${w.name}`;
 }
 
+export interface AccessLogOptions {
+  /** Fraction of successful connections logged (0..1); refusals and errors are always logged. */
+  readonly sampleRate: number;
+  readonly random?: () => number;
+}
+
 export class AccessLog implements FlowObserver {
-  constructor(private readonly log: Logger) {}
+  constructor(
+    private readonly log: Logger,
+    private readonly options: AccessLogOptions = { sampleRate: 1 },
+  ) {}
 
   opened(): void {}
 
   closed(flow: Flow, outcome: FlowOutcome): void {
+    const clean = outcome.kind === 'relayed' && !outcome.error && !outcome.flag;
+    if (
+      clean &&
+      this.options.sampleRate < 1 &&
+      (this.options.random ?? Math.random)() >= this.options.sampleRate
+    ) {
+      return;
+    }
     this.log.info(
       {
         event: 'connection',
