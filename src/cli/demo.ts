@@ -1,7 +1,8 @@
 // `weft demo`: builds a 2-node cluster of network namespaces, runs a weft node proxy on each,
 // drives traffic between pods and prints what the mesh did. Everything it builds is torn
 // down on exit or Ctrl-C; it touches nothing outside its own namespaces and pins.
-import { readFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { stringify } from 'yaml';
 import { Lab, type LabPod } from '../lab/cluster.js';
 import { LabMesh, WEFT_CLI, type AccessEntry } from '../lab/mesh.js';
 import type { PodCounters } from '../bpf/weft-maps.js';
@@ -14,6 +15,51 @@ export interface DemoOptions {
 
 const AMBIENT = { 'weft.io/dataplane-mode': 'ambient' };
 const SERVER_PORT = 8080;
+const PAYMENTS_VIP = '198.18.100.20';
+
+/** A Service in front of payments and a policy that lets only frontend call it. */
+async function writeServiceAndPolicy(lab: Lab): Promise<void> {
+  const dir = `${lab.dir}/cluster`;
+  await mkdir(dir, { recursive: true });
+  const payments = lab.pod('payments');
+  const objects = [
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'payments', namespace: 'shop' },
+      spec: {
+        clusterIP: PAYMENTS_VIP,
+        selector: { app: 'payments' },
+        ports: [{ port: 80, targetPort: SERVER_PORT }],
+      },
+    },
+    {
+      apiVersion: 'discovery.k8s.io/v1',
+      kind: 'EndpointSlice',
+      metadata: {
+        name: 'payments-1',
+        namespace: 'shop',
+        labels: { 'kubernetes.io/service-name': 'payments' },
+      },
+      addressType: 'IPv4',
+      ports: [{ name: '', port: SERVER_PORT, protocol: 'TCP' }],
+      endpoints: [
+        { addresses: [payments.ip], conditions: { ready: true }, nodeName: payments.node.name },
+      ],
+    },
+    {
+      apiVersion: 'security.istio.io/v1',
+      kind: 'AuthorizationPolicy',
+      metadata: { name: 'payments-callers', namespace: 'shop' },
+      spec: {
+        selector: { matchLabels: { app: 'payments' } },
+        action: 'ALLOW',
+        rules: [{ from: [{ source: { principals: ['cluster.local/ns/shop/sa/frontend'] } }] }],
+      },
+    },
+  ];
+  await writeFile(`${dir}/payments.yaml`, objects.map((o) => stringify(o)).join('---\n'));
+}
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
@@ -64,6 +110,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
   process.on('SIGTERM', onSignal);
 
   try {
+    await writeServiceAndPolicy(lab);
     const mesh = await LabMesh.start(lab, {
       logLevel: options.logLevel === 'info' ? 'info' : options.logLevel,
     });
@@ -84,25 +131,35 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       'tcp',
     ]);
     for (let i = 0; i < 40 && !capture.stderr.includes('listening on'); i++) await sleep(50);
+    say(`\nService shop/payments has VIP ${PAYMENTS_VIP}:80 -> payments:${SERVER_PORT}.`);
+    say(
+      'AuthorizationPolicy shop/payments-callers: ALLOW to payments from principal cluster.local/ns/shop/sa/frontend only.',
+    );
     say('\nTraffic (each connection sends 64 KiB and checks the echo):');
-    const flows: [string, string][] = [
-      ['frontend', 'cart'],
-      ['frontend', 'payments'],
-      ['frontend', 'legacy'],
-      ['legacy', 'payments'],
-      ['legacy', 'frontend'],
+    const flows: [string, string, string][] = [
+      ['frontend', 'cart', lab.pod('cart').ip],
+      ['frontend', 'payments (service VIP)', PAYMENTS_VIP],
+      ['cart', 'payments (service VIP)', PAYMENTS_VIP],
+      ['frontend', 'legacy', lab.pod('legacy').ip],
+      ['legacy', 'payments', lab.pod('payments').ip],
+      ['legacy', 'frontend', lab.pod('frontend').ip],
     ];
     const rows = [['from', 'to', 'result', 'how']];
-    for (const [from, to] of flows) {
-      const [result] = await lab.connect(from, lab.pod(to).ip, SERVER_PORT, { bytes: 65536 });
+    for (const [from, toLabel, address] of flows) {
+      const port = address === PAYMENTS_VIP ? 80 : SERVER_PORT;
+      const [result] = await lab.connect(from, address, port, { bytes: 65536, timeoutMs: 4000 });
+      const to = lab.pod(toLabel.split(' ')[0]!);
       rows.push([
         `${from} (${lab.pod(from).node.name})`,
-        `${to} (${lab.pod(to).node.name})`,
-        result?.ok && result.match ? 'ok, bytes intact' : `FAILED: ${result?.error ?? 'no result'}`,
-        describePath(lab.pod(from), lab.pod(to)),
+        `${toLabel} (${to.node.name})`,
+        result?.ok && result.match
+          ? 'ok, bytes intact'
+          : `refused (${result?.error ?? 'no result'})`,
+        describePath(lab.pod(from), to),
       ]);
     }
     say(table(rows));
+    say('  (the refused ones are the policy at work: see "refused:" in the access log below)');
     await sleep(300);
     await capture.stop('SIGINT');
     await showWire(lab, pcap);
@@ -147,16 +204,17 @@ async function showWire(lab: Lab, pcap: string): Promise<void> {
       .split('\n')
       .filter(Boolean).length;
   const tunnel = await read('tcp port 15008');
-  const plain = await read('tcp port 8080');
-  const raw = await readFile(pcap).catch(() => Buffer.alloc(0));
-  // podapp sends random bytes; the demo looks for the echo server's port and TLS records.
   const tlsRecords = await read('tcp port 15008 and (tcp[((tcp[12:1] & 0xf0) >> 2):1] = 0x17)');
+  const meshPlain = await read(`tcp port 8080 and host ${lab.pod('payments').ip}`);
+  const outsidePlain = await read(`tcp port 8080 and host ${lab.pod('legacy').ip}`);
   say(
-    `  ${tunnel} packets to/from port 15008 (HBONE: mutual TLS 1.3), ${tlsRecords} of them TLS application data`,
+    `  ${tunnel} packets to/from port 15008 (HBONE, mutual TLS 1.3), ${tlsRecords} of them TLS application data`,
   );
-  say(`  ${plain} packets to/from the application port 8080: mesh traffic crossed encrypted only`);
   say(
-    `  (frontend -> legacy went in plaintext: legacy is not in the mesh, as with Istio ambient; capture ${raw.length} bytes)`,
+    `  ${meshPlain} packets in plaintext to or from payments (in the mesh): its traffic crossed encrypted only`,
+  );
+  say(
+    `  ${outsidePlain} plaintext packets to or from legacy, which is outside the mesh (as with Istio ambient)`,
   );
 }
 
@@ -221,15 +279,15 @@ function describePath(from: LabPod, to: LabPod): string {
 
 async function showCluster(lab: Lab): Promise<void> {
   say('\nPods:');
-  const rows = [['pod', 'node', 'ip', 'enrolled']];
+  const rows = [['pod', 'node', 'ip', 'enrolled', 'identity (X.509-SVID minted by its node)']];
   for (const pod of lab.pods) {
+    const enrolled = pod.annotations['weft.io/dataplane-mode'] === 'ambient';
     rows.push([
       `${pod.namespace}/${pod.name}`,
       pod.node.name,
       pod.ip,
-      pod.annotations['weft.io/dataplane-mode'] === 'ambient'
-        ? 'yes (weft.io/dataplane-mode=ambient)'
-        : 'no',
+      enrolled ? 'yes' : 'no',
+      enrolled ? `spiffe://cluster.local/ns/${pod.namespace}/sa/${pod.serviceAccount}` : '-',
     ]);
   }
   say(table(rows));

@@ -108,6 +108,9 @@ interface LiveFlow {
 }
 
 class Refusal extends Error {
+  /** What was known of the connection when it was refused (for the access log and metrics). */
+  facts?: Omit<Flow, 'id' | 'startedAt'>;
+
   constructor(
     readonly reason: string,
     readonly flag: ResponseFlag,
@@ -307,6 +310,7 @@ export class NodeProxy {
         return { flow, upstream };
       } catch (error) {
         release?.();
+        if (error instanceof Refusal) error.facts ??= facts;
         lastError = error;
         // Policy and identity failures are final; only a target that could not be reached
         // is worth another endpoint, and only for a service with several.
@@ -498,11 +502,13 @@ export class NodeProxy {
       return;
     }
     // Refused before a target connection existed (400/401/503): report it as a flow too.
+    const clientIp = this.clientIpOf({ ...record, target: record.target } as HboneRequestInfo);
     const flow: Flow = {
       id: this.nextId++,
       direction: 'inbound',
-      client: record.forwardedFor ?? record.tunnelSource,
+      client: { ip: clientIp, port: record.forwardedFor?.port ?? record.tunnelSource.port },
       target: record.target,
+      sourceWorkload: this.options.directory.workloadByIp(clientIp),
       sourceIdentity: record.peerIdentity,
       destinationWorkload: this.options.directory.workloadByIp(record.target.ip),
       destinationIdentity: this.localIdentity(record.target.ip),
@@ -583,17 +589,21 @@ export class NodeProxy {
     sourceWorkload: Workload | undefined,
     error: unknown,
   ): void {
-    const flow = this.open(socket, {
-      direction,
-      client,
-      target,
-      sourceWorkload,
-      sourceIdentity: sourceWorkload && this.options.directory.identityOf(sourceWorkload),
-      destinationWorkload: this.options.directory.workloadByIp(target.ip),
-      path: this.pathTo(this.options.directory.workloadByIp(target.ip)),
-      security: 'none',
-    });
-    this.refuse(flow, socket, asRefusal(error));
+    const refusal = asRefusal(error);
+    const flow = this.open(
+      socket,
+      refusal.facts ?? {
+        direction,
+        client,
+        target,
+        sourceWorkload,
+        sourceIdentity: sourceWorkload && this.options.directory.identityOf(sourceWorkload),
+        destinationWorkload: this.options.directory.workloadByIp(target.ip),
+        path: this.pathTo(this.options.directory.workloadByIp(target.ip)),
+        security: 'none',
+      },
+    );
+    this.refuse(flow, socket, refusal);
   }
 
   private refuse(flow: Flow, downstream: Socket, refusal: Refusal): void {
