@@ -52,10 +52,17 @@ static int fail_close(int fd)
 	return err;
 }
 
-/* A listening socket that accepts connections for any destination address, as bpf_sk_assign
- * delivers them (IP_TRANSPARENT). SO_REUSEPORT is deliberately NOT set: sk_assign into a
- * reuseport group would re-select a socket. */
-int weft_listen_transparent(const char *ip, int port, int backlog)
+/* Socket options a weft socket may need before bind. */
+enum {
+	OPT_TRANSPARENT = 1 << 0,      /* IP_TRANSPARENT: accept for / bind to any address */
+	OPT_REUSEADDR = 1 << 1,        /* SO_REUSEADDR */
+	OPT_REUSEPORT = 1 << 2,        /* SO_REUSEPORT: share the port with a successor */
+	OPT_BIND_NO_PORT = 1 << 3,     /* IP_BIND_ADDRESS_NO_PORT: port chosen at connect */
+};
+
+/* A non-blocking TCP socket with `options` set and bound to ip:port; listening when
+ * backlog > 0. Returns the fd or -errno. */
+static int bound_socket(const char *ip, int port, unsigned options, int backlog)
 {
 	struct sockaddr_in addr;
 	int one = 1;
@@ -67,53 +74,45 @@ int weft_listen_transparent(const char *ip, int port, int backlog)
 	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	if (setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) ||
-	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
-	    bind(fd, (struct sockaddr *)&addr, sizeof(addr)) || listen(fd, backlog))
+	if ((options & OPT_TRANSPARENT) &&
+	    setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one)))
+		return fail_close(fd);
+	if ((options & OPT_REUSEADDR) &&
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)))
+		return fail_close(fd);
+	if ((options & OPT_REUSEPORT) &&
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)))
+		return fail_close(fd);
+	if ((options & OPT_BIND_NO_PORT) &&
+	    setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)))
+		return fail_close(fd);
+	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)))
+		return fail_close(fd);
+	if (backlog > 0 && listen(fd, backlog))
 		return fail_close(fd);
 	return fd;
+}
+
+/* A listening socket that accepts connections for any destination address, as bpf_sk_assign
+ * delivers them (IP_TRANSPARENT). SO_REUSEPORT is deliberately NOT set: sk_assign into a
+ * reuseport group would re-select a socket. */
+int weft_listen_transparent(const char *ip, int port, int backlog)
+{
+	return bound_socket(ip, port, OPT_TRANSPARENT | OPT_REUSEADDR, backlog > 0 ? backlog : 1);
 }
 
 /* A listening socket shared with a successor process during a hand-over (admin, metrics,
  * readiness ports): Node 20's net module cannot set SO_REUSEPORT itself. */
 int weft_listen_reuseport(const char *ip, int port, int backlog)
 {
-	struct sockaddr_in addr;
-	int one = 1;
-	int fd, err;
-
-	err = parse_ipv4(ip, port, &addr);
-	if (err)
-		return err;
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
-	    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) ||
-	    bind(fd, (struct sockaddr *)&addr, sizeof(addr)) || listen(fd, backlog))
-		return fail_close(fd);
-	return fd;
+	return bound_socket(ip, port, OPT_REUSEADDR | OPT_REUSEPORT, backlog > 0 ? backlog : 1);
 }
 
 /* An unconnected TCP socket bound to a possibly non-local source address (the original
  * client's), ready for a non-blocking connect by libuv. */
 int weft_socket_transparent(const char *bind_ip, int bind_port)
 {
-	struct sockaddr_in addr;
-	int one = 1;
-	int fd, err;
-
-	err = parse_ipv4(bind_ip, bind_port, &addr);
-	if (err)
-		return err;
-	fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one)) ||
-	    setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one)) ||
-	    bind(fd, (struct sockaddr *)&addr, sizeof(addr)))
-		return fail_close(fd);
-	return fd;
+	return bound_socket(bind_ip, bind_port, OPT_TRANSPARENT | OPT_BIND_NO_PORT, 0);
 }
 
 /* The pre-DNAT destination of an accepted connection (conntrack), when there is one.

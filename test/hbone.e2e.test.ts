@@ -6,7 +6,7 @@
 import test from 'ava';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { Lab, type PodServer } from '../src/lab/cluster.js';
-import { LabMesh } from '../src/lab/mesh.js';
+import { LabMesh, startCapture } from '../src/lab/mesh.js';
 import { initCa, loadIssuer, mintSvid } from '../src/identity/index.js';
 import { requireRoot } from './helpers/root.js';
 
@@ -47,19 +47,7 @@ test.serial(
     const node0 = lab.node('node-0');
     const marker = 'WEFT-PLAINTEXT-MARKER-'.repeat(40);
     const pcap = `${lab.dir}/uplink.pcap`;
-    const capture = lab.spawn(node0.netns, [
-      'tcpdump',
-      '--immediate-mode',
-      '-i',
-      node0.uplink,
-      '-U',
-      '-s',
-      '0',
-      '-w',
-      pcap,
-      'tcp',
-    ]);
-    await waitForStderr(capture, /listening on/);
+    const capture = await startCapture(lab, node0.netns, node0.uplink, pcap);
     const outBefore = mesh.accessLog('node-0').length;
     const inBefore = mesh.accessLog('node-1').length;
     const results = await lab.connect('client', 'server', PORT, { payload: marker, count: 3 });
@@ -294,17 +282,6 @@ test.serial(
   },
 );
 
-async function waitForStderr(proc: { stderr: string }, pattern: RegExp): Promise<void> {
-  for (let i = 0; i < 100 && !pattern.test(proc.stderr); i++)
-    await new Promise((r) => setTimeout(r, 50));
-}
-
-async function scrape(nodeName: string): Promise<string> {
-  const node = lab.node(nodeName);
-  const run = await lab.exec(node.netns, [
-    process.execPath,
-    '-e',
-    "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))",
-  ]);
-  return run.stdout;
+function scrape(nodeName: string): Promise<string> {
+  return mesh.fetchFromNode(nodeName, '/metrics');
 }

@@ -295,12 +295,6 @@ test.serial('STRICT PeerAuthentication refuses plaintext, and mTLS still works',
   t.true(await eventually(async () => canConnect('plain', 'api')), 'PERMISSIVE again once removed');
 });
 
-async function scrape(nodeName: string): Promise<string> {
-  const node = lab.node(nodeName);
-  const run = await lab.exec(node.netns, [
-    process.execPath,
-    '-e',
-    "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))",
-  ]);
-  return run.stdout;
+function scrape(nodeName: string): Promise<string> {
+  return mesh.fetchFromNode(nodeName, '/metrics');
 }

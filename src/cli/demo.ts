@@ -4,7 +4,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { stringify } from 'yaml';
 import { Lab, type LabPod } from '../lab/cluster.js';
-import { LabMesh, WEFT_CLI, type AccessEntry } from '../lab/mesh.js';
+import { LabMesh, WEFT_CLI, startCapture, type AccessEntry } from '../lab/mesh.js';
 import type { PodCounters } from '../bpf/weft-maps.js';
 import { assertPrivileges } from './node-agent.js';
 
@@ -118,19 +118,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     await Promise.all(lab.pods.map((pod) => lab.serve(pod.name, SERVER_PORT)));
     const node0 = lab.node('node-0');
     const pcap = `${lab.dir}/node-0-uplink.pcap`;
-    const capture = lab.spawn(node0.netns, [
-      'tcpdump',
-      '--immediate-mode',
-      '-i',
-      node0.uplink,
-      '-U',
-      '-s',
-      '0',
-      '-w',
-      pcap,
-      'tcp',
-    ]);
-    for (let i = 0; i < 40 && !capture.stderr.includes('listening on'); i++) await sleep(50);
+    const capture = await startCapture(lab, node0.netns, node0.uplink, pcap);
     say(`\nService shop/payments has VIP ${PAYMENTS_VIP}:80 -> payments:${SERVER_PORT}.`);
     say(
       'AuthorizationPolicy shop/payments-callers: ALLOW to payments from principal cluster.local/ns/shop/sa/frontend only.',
@@ -166,7 +154,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
 
     await showAccessLog(lab, mesh);
     showCounters(lab, mesh);
-    await showMetrics(lab);
+    await showMetrics(mesh);
     await showStatus(lab);
 
     say('\nFail closed: stopping the proxy on node-0 and trying frontend -> payments again ...');
@@ -218,14 +206,9 @@ async function showWire(lab: Lab, pcap: string): Promise<void> {
   );
 }
 
-async function showMetrics(lab: Lab): Promise<void> {
-  const node1 = lab.node('node-1');
-  const run = await lab.exec(node1.netns, [
-    process.execPath,
-    '-e',
-    "fetch('http://127.0.0.1:15020/metrics').then(r=>r.text()).then(t=>process.stdout.write(t))",
-  ]);
-  const lines = run.stdout
+async function showMetrics(mesh: LabMesh): Promise<void> {
+  const metrics = await mesh.fetchFromNode('node-1', '/metrics');
+  const lines = metrics
     .split('\n')
     .filter(
       (l) =>

@@ -178,7 +178,46 @@ export class LabMesh {
     }
   }
 
+  /** GETs a path of a node proxy's HTTP endpoint (metrics 15020, admin 15000, readiness 15021). */
+  async fetchFromNode(nodeName: string, path: string, port = 15020): Promise<string> {
+    const url = `http://127.0.0.1:${port}${path}`;
+    const run = await this.lab.exec(this.lab.node(nodeName).netns, [
+      process.execPath,
+      '-e',
+      `fetch(${JSON.stringify(url)}).then(r=>r.text()).then(t=>process.stdout.write(t))`,
+    ]);
+    return run.stdout;
+  }
+
   async stop(): Promise<void> {
     await Promise.all([...this.proxies.keys()].map((n) => this.stopNode(n)));
   }
+}
+
+/**
+ * Starts tcpdump on an interface of a lab namespace, writing every TCP packet to `file`, and
+ * resolves once it is listening. Stop it with `.stop('SIGINT')` so it flushes.
+ */
+export async function startCapture(
+  lab: Lab,
+  netns: string,
+  iface: string,
+  file: string,
+): Promise<LabProcess> {
+  const capture = lab.spawn(netns, [
+    'tcpdump',
+    '--immediate-mode',
+    '-i',
+    iface,
+    '-U',
+    '-s',
+    '0',
+    '-w',
+    file,
+    'tcp',
+  ]);
+  for (let i = 0; i < 100 && !capture.stderr.includes('listening on'); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return capture;
 }

@@ -560,7 +560,8 @@ export class NodeProxy {
     downstream.removeAllListeners('error');
     if (upstream.kind === 'socket') {
       this.live.get(flow.id)?.sockets.push(upstream.socket);
-      relay(downstream, upstream.socket).then((result) =>
+      // Neither relay rejects: every ending (FIN, reset, error) resolves with what was moved.
+      void relay(downstream, upstream.socket).then((result) =>
         this.finish(flow, {
           kind: 'relayed',
           sent: result.sent,
@@ -570,7 +571,7 @@ export class NodeProxy {
       );
       return;
     }
-    relayStream(upstream.stream, downstream).then((result) =>
+    void relayStream(upstream.stream, downstream).then((result) =>
       this.finish(flow, {
         kind: 'relayed',
         sent: result.fromSocket,
