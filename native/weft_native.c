@@ -115,6 +115,17 @@ int weft_socket_transparent(const char *bind_ip, int bind_port)
 	return bound_socket(bind_ip, bind_port, OPT_TRANSPARENT | OPT_BIND_NO_PORT, 0);
 }
 
+/* The kernel's cookie of a socket: what a SOCKMAP lookup from user space returns, so a
+ * process can tell whether its listener is still the one in a slot. */
+int weft_socket_cookie(int fd, uint64_t *cookie)
+{
+	socklen_t len = sizeof(*cookie);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, cookie, &len))
+		return -errno;
+	return 0;
+}
+
 /* The pre-DNAT destination of an accepted connection (conntrack), when there is one.
  * Returns -ENOENT when the connection was not NATed. ip_out needs INET_ADDRSTRLEN bytes. */
 int weft_original_dst(int fd, char *ip_out, int ip_len, int *port_out)

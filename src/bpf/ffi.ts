@@ -78,6 +78,7 @@ export const native = {
     'int weft_listen_reuseport(const char *ip, int port, int backlog)',
   ),
   socketTransparent: nativeLib.func('int weft_socket_transparent(const char *ip, int port)'),
+  socketCookie: nativeLib.func('int weft_socket_cookie(int fd, _Out_ uint64_t *cookie)'),
   originalDst: nativeLib.func(
     'int weft_original_dst(int fd, _Out_ char *ip, int ip_len, _Out_ int *port)',
   ),

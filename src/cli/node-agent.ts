@@ -25,7 +25,7 @@ import { observeAll } from '../proxy/flow.js';
 import { ServiceResolver } from '../lb/index.js';
 import { PolicyEngine } from '../policy/index.js';
 import { NodeProxy, type MeshDirectory, type TunnelCredentials } from '../proxy/node-proxy.js';
-import { Datapath, removeDatapath } from '../redirect/datapath.js';
+import { Datapath, predecessorServes, removeDatapath } from '../redirect/datapath.js';
 import {
   describeLocalPods,
   isEnrolled,
@@ -179,8 +179,12 @@ export class NodeAgent {
     // Listeners and HTTP endpoints first: a busy port is the likeliest start-up failure, found
     // before any kernel state changes.
     const proxy = this.proxy;
+    // A weft already serving this node (the old pod of a rolling update) keeps its ports;
+    // this process listens elsewhere and takes over through the SOCKMAP below.
+    const takeover = predecessorServes(options.bpffs);
+    if (takeover) log.info({}, 'another weft node serves this node: taking over');
     const listen = (name: string, port: number, handler: (s: Socket) => void) =>
-      openCaptureListener(name, options.listenAddress, port, handler);
+      openCaptureListener(name, options.listenAddress, port, handler, { takeover });
     try {
       this.listeners.push(
         await listen('outbound', options.outboundPort, proxy.handleOutbound),
@@ -200,12 +204,12 @@ export class NodeAgent {
         routing: routingOf(options),
         hbonePort: options.hbonePort,
       });
-      // The listeners go in before any interface is attached, so capture never starts
-      // without somewhere to deliver.
-      this.datapath.setListener(ListenerSlot.Outbound, this.listeners[0]!.fd);
-      this.datapath.setListener(ListenerSlot.Inbound, this.listeners[1]!.fd);
-      this.datapath.setListener(ListenerSlot.Hbone, this.listeners[2]!.fd);
       this.reconcile();
+      // Certificates before listeners: once a listener is in its slot, connections arrive.
+      await this.certificatesReady(15_000);
+      // The hand-over point: each slot switches atomically from a predecessor's listener
+      // (or from empty, where SYNs were dropped: fail closed) to ours.
+      this.listeners.forEach((listener, i) => this.datapath!.setListener(LISTENER_SLOTS[i]!, listener.fd));
       this.attached = true;
     } catch (error) {
       await this.closeEndpoints();
@@ -246,12 +250,24 @@ export class NodeAgent {
     );
   }
 
-  /** Stops accepting (new connections are dropped in BPF: fail closed), drains, keeps pins. */
+  /**
+   * Stops accepting, drains, keeps pins. When a successor has taken the listener slots, the
+   * queued connections of ours are accepted first (closing a listener would reset them);
+   * otherwise the slots empty as our listeners close, and new connections are dropped in BPF
+   * (fail closed).
+   */
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.scanTimer);
     await this.source?.stop();
+    const replaced = this.listeners.some(
+      (listener, i) => this.datapath?.listenerCookie(LISTENER_SLOTS[i]!) !== listener.cookie,
+    );
+    if (replaced) {
+      this.log.info({}, 'a successor holds the listener slots: accepting what is queued, then closing');
+      await new Promise((resolve) => setTimeout(resolve, HANDOVER_ACCEPT_MS));
+    }
     await Promise.all(this.listeners.splice(0).map((l) => l.close()));
     const reset = (await this.proxy?.drain(this.options.drainGraceMs)) ?? 0;
     await Promise.all(this.endpoints.splice(0).map((e) => e.close()));
@@ -261,6 +277,18 @@ export class NodeAgent {
       { resetConnections: reset },
       'node proxy stopped; BPF state stays pinned (fail closed)',
     );
+  }
+
+  /** Waits (bounded) until every enrolled local pod's identity has a certificate. */
+  private async certificatesReady(timeoutMs: number): Promise<void> {
+    const certificates = this.certificates;
+    if (!certificates) return;
+    const identities = new Set(this.localPods.filter((p) => p.enrolled).map((p) => this.identityOf(p.workload)));
+    const results = await Promise.allSettled([...identities].map((id) => certificates.ready(id, timeoutMs)));
+    const missing = [...identities].filter((_, i) => results[i]!.status === 'rejected');
+    if (missing.length > 0) {
+      this.log.error({ identities: missing }, 'no certificate yet: tunnels for these identities are refused until one is minted');
+    }
   }
 
   private async closeEndpoints(): Promise<void> {
@@ -650,6 +678,10 @@ export class NodeAgent {
 }
 
 const REDIRECTION_ANNOTATION = 'weft.io/redirection';
+/** Slot of each capture listener, in the order start() opens them. */
+const LISTENER_SLOTS = [ListenerSlot.Outbound, ListenerSlot.Inbound, ListenerSlot.Hbone] as const;
+/** How long a replaced process keeps accepting what was queued on its listeners. */
+const HANDOVER_ACCEPT_MS = 1000;
 
 function snake(name: string): string {
   return name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);

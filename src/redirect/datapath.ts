@@ -12,7 +12,7 @@ import {
   type Interface,
 } from '../bpf/attach.js';
 import { check } from '../bpf/errors.js';
-import { buildDir, libbpf } from '../bpf/ffi.js';
+import { buildDir, libbpf, libc } from '../bpf/ffi.js';
 import { BpfObject } from '../bpf/object.js';
 import {
   MAP_NAMES,
@@ -135,6 +135,11 @@ export class Datapath {
     );
   }
 
+  /** The cookie of the socket in a listener slot, or undefined when the slot is empty. */
+  listenerCookie(slot: ListenerSlot): bigint | undefined {
+    return this.maps.listeners.get(slot);
+  }
+
   /** Whether the program id on `iface` is the one this process loaded. */
   programIdOn(iface: Interface): number | undefined {
     return attachedProgramId(
@@ -198,4 +203,21 @@ function u64(value: bigint): Buffer {
   const b = Buffer.alloc(8);
   b.writeBigUInt64LE(value);
   return b;
+}
+
+/**
+ * Whether another weft process already serves this bpffs directory: its pinned listener
+ * map holds a live socket. A successor then takes over instead of failing on busy ports.
+ */
+export function predecessorServes(bpffsDir: string): boolean {
+  const path = `${bpffsDir}/maps/weft_listeners`;
+  if (!existsSync(path)) return false;
+  const fd = libbpf.objGet(path);
+  if (fd < 0) return false;
+  try {
+    const value = Buffer.alloc(8);
+    return libbpf.mapLookup(fd, u32(0), value) === 0;
+  } finally {
+    libc.close(fd);
+  }
 }

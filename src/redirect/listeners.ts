@@ -8,8 +8,19 @@ import { libc, native } from '../bpf/ffi.js';
 export interface CaptureListener {
   readonly name: string;
   readonly fd: number;
+  readonly port: number;
+  /** The socket's kernel cookie: what the SOCKMAP slot holds while this listener is in it. */
+  readonly cookie: bigint;
   readonly server: Server;
   close(): Promise<void>;
+}
+
+export interface CaptureListenerOptions {
+  /**
+   * When the port is taken, listen on an ephemeral port instead: a predecessor weft holds it,
+   * and the SOCKMAP, not the port, routes packets to a capture listener.
+   */
+  readonly takeover?: boolean;
 }
 
 const EADDRINUSE = 98;
@@ -19,8 +30,10 @@ export async function openCaptureListener(
   ip: string,
   port: number,
   onConnection: (socket: Socket) => void,
+  options: CaptureListenerOptions = {},
 ): Promise<CaptureListener> {
-  const fd = native.listenTransparent(ip, port, 4096);
+  let fd = native.listenTransparent(ip, port, 4096);
+  if (fd === -EADDRINUSE && options.takeover) fd = native.listenTransparent(ip, 0, 4096);
   if (fd < 0) {
     const hint =
       -fd === EADDRINUSE
@@ -41,9 +54,14 @@ export async function openCaptureListener(
     libc.close(fd);
     throw error;
   }
+  const cookie = [0n];
+  native.socketCookie(fd, cookie);
+  const address = server.address();
   return {
     name,
     fd,
+    port: typeof address === 'object' && address ? address.port : port,
+    cookie: BigInt(cookie[0]!),
     server,
     // Stops accepting at once (the kernel drops the socket from the SOCKMAP as it closes);
     // connections already accepted live on and are drained by their owner.
