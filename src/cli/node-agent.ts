@@ -223,7 +223,7 @@ export class NodeAgent {
 
     this.store.on('change', () =>
       this.safely(() => {
-        this.reconcile();
+        this.reconcile(Date.now());
         this.resolver.retainLive();
         this.rebuildPolicy();
       }),
@@ -564,8 +564,12 @@ export class NodeAgent {
     }
   }
 
-  /** Brings maps, attachments and certificates in line with the config and interfaces. */
-  private reconcile(): void {
+  /**
+   * Brings maps, attachments and certificates in line with the config and interfaces.
+   * `changedAt`: when the config change that triggered it arrived, to log how long an
+   * annotation took to become capture.
+   */
+  private reconcile(changedAt?: number): void {
     const datapath = this.datapath!;
     const interfaces = listInterfaces();
     datapath.forgetMissing(interfaces);
@@ -588,8 +592,10 @@ export class NodeAgent {
       new Set([...this.store.state.workloads.values()].map((w) => w.uid)),
     );
     this.markRedirection();
-    for (const ip of result.enrolled)
-      this.log.info({ ip }, 'pod enrolled: its TCP is now captured');
+    for (const ip of result.enrolled) {
+      const ms = changedAt === undefined ? undefined : Date.now() - changedAt;
+      this.log.info({ ip, enrolledInMs: ms }, 'pod enrolled: its TCP is now captured');
+    }
     for (const ip of result.unenrolled) this.log.info({ ip }, 'pod unenrolled');
     for (const problem of result.problems) {
       if (this.reportedProblems.has(problem)) continue;
