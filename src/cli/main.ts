@@ -138,6 +138,8 @@ async function runDemoCommand(argv: Record<string, unknown>): Promise<void> {
 
 const cli = yargs(hideBin(process.argv))
   .scriptName('weft')
+  // A flag given twice takes its last value (as most CLIs do), never an array.
+  .parserConfiguration({ 'duplicate-arguments-array': false })
   .usage('$0 <command> [options]')
   .option('log-level', {
     choices: LOG_LEVELS as string[],

@@ -209,7 +209,9 @@ export class NodeAgent {
       await this.certificatesReady(15_000);
       // The hand-over point: each slot switches atomically from a predecessor's listener
       // (or from empty, where SYNs were dropped: fail closed) to ours.
-      this.listeners.forEach((listener, i) => this.datapath!.setListener(LISTENER_SLOTS[i]!, listener.fd));
+      this.listeners.forEach((listener, i) =>
+        this.datapath!.setListener(LISTENER_SLOTS[i]!, listener.fd),
+      );
       this.attached = true;
     } catch (error) {
       await this.closeEndpoints();
@@ -265,7 +267,10 @@ export class NodeAgent {
       (listener, i) => this.datapath?.listenerCookie(LISTENER_SLOTS[i]!) !== listener.cookie,
     );
     if (replaced) {
-      this.log.info({}, 'a successor holds the listener slots: accepting what is queued, then closing');
+      this.log.info(
+        {},
+        'a successor holds the listener slots: accepting what is queued, then closing',
+      );
       await new Promise((resolve) => setTimeout(resolve, HANDOVER_ACCEPT_MS));
     }
     await Promise.all(this.listeners.splice(0).map((l) => l.close()));
@@ -283,11 +288,18 @@ export class NodeAgent {
   private async certificatesReady(timeoutMs: number): Promise<void> {
     const certificates = this.certificates;
     if (!certificates) return;
-    const identities = new Set(this.localPods.filter((p) => p.enrolled).map((p) => this.identityOf(p.workload)));
-    const results = await Promise.allSettled([...identities].map((id) => certificates.ready(id, timeoutMs)));
+    const identities = new Set(
+      this.localPods.filter((p) => p.enrolled).map((p) => this.identityOf(p.workload)),
+    );
+    const results = await Promise.allSettled(
+      [...identities].map((id) => certificates.ready(id, timeoutMs)),
+    );
     const missing = [...identities].filter((_, i) => results[i]!.status === 'rejected');
     if (missing.length > 0) {
-      this.log.error({ identities: missing }, 'no certificate yet: tunnels for these identities are refused until one is minted');
+      this.log.error(
+        { identities: missing },
+        'no certificate yet: tunnels for these identities are refused until one is minted',
+      );
     }
   }
 

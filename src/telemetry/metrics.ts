@@ -108,7 +108,10 @@ export class MeshMetrics implements FlowObserver {
       this.sent.inc(labels, outcome.sent);
       this.received.inc(labels, outcome.received);
     }
-    if (outcome.flag === 'DENY') {
+    // Counted where policy was evaluated (the destination's proxy), not again at the source
+    // that only saw the tunnel's 401.
+    const evaluatedHere = flow.direction === 'inbound' || flow.path === 'same-node';
+    if (outcome.flag === 'DENY' && evaluatedHere) {
       this.denials.inc({ policy: outcome.policy ?? 'default-deny', reporter: labels.reporter });
     }
   }
