@@ -15,6 +15,9 @@ command -v make >/dev/null || need+=(make)
 [ -e /usr/include/linux/bpf.h ] || need+=(linux-libc-dev)
 command -v bpftool >/dev/null || need+=(bpftool)
 command -v tcpdump >/dev/null || need+=(tcpdump)
+command -v tshark >/dev/null || need+=(tshark)
+[ -e /usr/lib/python3/dist-packages/h2 ] || need+=(python3-h2)
+command -v iperf3 >/dev/null || need+=(iperf3)
 command -v iptables >/dev/null || need+=(iptables)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -24,7 +24,12 @@ import { HBONE_CIPHERSUITES, HbonePool, type VerifyPeer } from '../proxy/hbone/i
 import { observeAll } from '../proxy/flow.js';
 import { ServiceResolver } from '../lb/index.js';
 import { PolicyEngine } from '../policy/index.js';
-import { NodeProxy, type MeshDirectory, type TunnelCredentials } from '../proxy/node-proxy.js';
+import {
+  NodeProxy,
+  tunnelSourceKey,
+  type MeshDirectory,
+  type TunnelCredentials,
+} from '../proxy/node-proxy.js';
 import { Datapath, predecessorServes, removeDatapath } from '../redirect/datapath.js';
 import {
   describeLocalPods,
@@ -329,7 +334,10 @@ export class NodeAgent {
         maxVersion: 'TLSv1.3',
       },
     });
-    this.certificates.on('rotated', (e) =>
+    const pool = new HbonePool({ logger: log.child({ component: 'hbone' }) });
+    this.certificates.on('rotated', (e) => {
+      // Tunnels made with the old certificate take no new streams and close when idle.
+      if (e.previousSerial) pool.retireSource(tunnelSourceKey(e.spiffeId, e.previousSerial));
       log.info(
         {
           identity: e.spiffeId,
@@ -338,8 +346,8 @@ export class NodeAgent {
           previous: e.previousSerial,
         },
         'certificate issued',
-      ),
-    );
+      );
+    });
     this.certificates.on('mintFailed', (e) =>
       log.error(
         { identity: e.spiffeId, error: e.error.message, retryInMs: e.retryInMs },
@@ -357,7 +365,7 @@ export class NodeAgent {
         return current && { context: current.secureContext, serial: current.svid.serial };
       },
       verifyPeer,
-      pool: new HbonePool({ logger: log.child({ component: 'hbone' }) }),
+      pool,
     };
   }
 

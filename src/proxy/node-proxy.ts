@@ -372,7 +372,7 @@ export class NodeProxy {
     try {
       return await tunnels.pool.open({
         // The serial in the key: a rotated certificate is used from the next connection on.
-        sourceIdentity: `${facts.sourceIdentity}#${credentials.serial}`,
+        sourceIdentity: tunnelSourceKey(facts.sourceIdentity, credentials.serial),
         sourceContext: credentials.context,
         expectedServerIdentity: facts.destinationIdentity,
         verifyServer: tunnels.verifyPeer,
@@ -624,6 +624,11 @@ export class NodeProxy {
     this.live.delete(flow.id);
     this.options.observer.closed(flow, withRevocation(outcome, live.revoked));
   }
+}
+
+/** The pool key of a source: its identity and the serial of the certificate it presents. */
+export function tunnelSourceKey(identity: string, serial: string): string {
+  return `${identity}#${serial}`;
 }
 
 function withRevocation(outcome: FlowOutcome, revoked: LiveFlow['revoked']): FlowOutcome {

@@ -244,6 +244,23 @@ export class HbonePool {
     }
   }
 
+  /**
+   * Stops giving new streams to the connections opened for `sourceIdentity` (e.g. with a
+   * certificate that has since been rotated): each closes once its last stream ends.
+   */
+  retireSource(sourceIdentity: string): number {
+    const prefix = `${sourceIdentity}|`;
+    let retired = 0;
+    for (const [key, list] of [...this.slots]) {
+      if (!key.startsWith(prefix)) continue;
+      for (const slot of [...list]) {
+        this.retire(slot);
+        retired++;
+      }
+    }
+    return retired;
+  }
+
   private limit(slot: Slot): number {
     const peer = slot.connection?.peerMaxStreams;
     const max = this.options.maxStreamsPerConnection;
