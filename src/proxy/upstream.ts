@@ -31,13 +31,8 @@ export function connectUpstream(target: UpstreamTarget): Promise<Socket> {
   } else {
     const fd = native.socketTransparent(target.sourceIp, 0);
     if (fd < 0) {
-      return Promise.reject(
-        new UpstreamConnectError(
-          target,
-          new KernelError(`bind to ${target.sourceIp}`, -fd).code,
-          new KernelError(`bind to ${target.sourceIp}`, -fd),
-        ),
-      );
+      const cause = new KernelError(`bind to ${target.sourceIp}`, -fd);
+      return Promise.reject(new UpstreamConnectError(target, cause.code, cause));
     }
     try {
       // A bound, unconnected fd: net.Socket adopts it and connect() reuses the handle.

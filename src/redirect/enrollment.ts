@@ -76,7 +76,7 @@ export function reconcilePodMaps(maps: WeftMaps, pods: readonly LocalPod[]): Rec
     const clash = wantPods.get(pod.workload.ip);
     if (clash) {
       problems.push(
-        `pod ${ref} has IP ${pod.workload.ip}, already used by ${clash.workload.namespace}/${clash.workload.name}; both keep the stricter setting`,
+        `pod ${ref} has IP ${pod.workload.ip}, already used by ${clash.workload.namespace}/${clash.workload.name}; an enrolled one keeps the entry (never silently unprotected)`,
       );
       if (clash.enrolled) continue; // the enrolled one stays protected
     }
