@@ -6,7 +6,7 @@
 import test from 'ava';
 import { writeFile, rm } from 'node:fs/promises';
 import { stringify } from 'yaml';
-import { Lab, type PodServer } from '../src/lab/cluster.js';
+import { Lab, PODAPP_PATH, type PodServer } from '../src/lab/cluster.js';
 import { LabMesh } from '../src/lab/mesh.js';
 import { requireRoot } from './helpers/root.js';
 
@@ -39,7 +39,9 @@ test.before(async () => {
       'pod-2-0': { name: 'web-c', labels: { app: 'web' }, annotations: AMBIENT },
     },
   });
-  mesh = await LabMesh.start(lab);
+  mesh = await LabMesh.start(lab, {
+    namespaceAnnotations: { other: { 'weft.io/outbound-policy': 'registry-only' } },
+  });
   for (const name of ['web-a', 'web-b', 'web-c', 'api'])
     servers.set(name, await lab.serve(name, PORT));
   await writeManifest('service.yaml', [
@@ -170,6 +172,34 @@ test.serial('a kube-proxy DNAT after the capture does not hide the service VIP',
     await lab.exec(node.netns, ['iptables', ...rule.map((a) => (a === '-I' ? '-D' : a))]);
   }
 });
+
+test.serial(
+  'passthrough by default; registry-only namespaces cannot reach unknown addresses',
+  async (t) => {
+    const node1 = lab.node('node-1');
+    const outside = lab.spawn(node1.netns, [
+      process.execPath,
+      PODAPP_PATH,
+      'serve',
+      '--port',
+      '9090',
+    ]);
+    try {
+      await outside.waitForLine((l) => l.includes('"listening"'));
+      const [passthrough] = await lab.connect('client', node1.ip, 9090, { bytes: 64 });
+      t.true(passthrough!.ok && passthrough!.match, 'a node address is reachable by default');
+      const before = mesh.accessLog('node-0').length;
+      const [blocked] = await lab.connect('tool', node1.ip, 9090, { bytes: 64, timeoutMs: 3000 });
+      t.false(blocked!.ok, 'namespace other is registry-only');
+      const [entry] = (await mesh.waitForAccessLog('node-0', before + 1)).slice(before);
+      t.is(entry?.responseFlags, 'NR');
+      t.regex(entry?.refused ?? '', /registry-only/);
+      t.true(await canConnect('tool', 'web-a'), 'pods stay reachable under registry-only');
+    } finally {
+      await outside.stop();
+    }
+  },
+);
 
 function apiPolicy(name: string, spec: object): object {
   return {

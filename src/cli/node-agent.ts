@@ -92,7 +92,9 @@ export class NodeAgent {
   private readonly store: ConfigStore;
   private source?: FileSource | KubeSource;
   /** Pods this process has marked `weft.io/redirection: enabled` (Kubernetes source only). */
-  private readonly marked = new Map<string, boolean>();
+  private readonly marked = new Map<string, string | null>();
+  /** The problems of the last config load, if it had any (for /config_dump and metrics). */
+  private lastReloadErrors: string[] = [];
   private datapath?: Datapath;
   private certificates?: CertificateManager;
   private readonly listeners: CaptureListener[] = [];
@@ -142,6 +144,9 @@ export class NodeAgent {
             store: this.store,
             logger: log.child({ component: 'config' }),
           });
+    this.source.on('load', (report) => {
+      this.lastReloadErrors = report.errors.map(String);
+    });
     this.source.on('errors', (errors) => {
       for (const error of errors) {
         log.error({ error: String(error) }, 'config rejected; the last good version stays');
@@ -499,6 +504,16 @@ export class NodeAgent {
       },
       () => [{ labels: {}, value: this.store.generation }],
     );
+    scrapeMetric(
+      registry,
+      {
+        name: 'weft_config_last_reload_errors',
+        help: 'Invalid objects in the last config load (their last good versions stay in force)',
+        type: 'gauge',
+        labelNames: [],
+      },
+      () => [{ labels: {}, value: this.lastReloadErrors.length }],
+    );
   }
 
   private poolStats(): ReturnType<NodeProxy['tunnelStats']> {
@@ -536,7 +551,15 @@ export class NodeAgent {
       })),
       namespaces: [...state.namespaces.values()],
       nodes: [...state.nodes.values()],
+      services: [...state.services.values()],
+      endpointSlices: [...state.endpointSlices.values()],
+      authorizationPolicies: [...state.authorizationPolicies.values()],
+      peerAuthentications: [...state.peerAuthentications.values()].map((p) => ({
+        ...p,
+        portLevelModes: Object.fromEntries(p.portLevelModes),
+      })),
       certificates: this.certificates?.list() ?? [],
+      lastReloadErrors: this.lastReloadErrors,
     };
   }
 
@@ -678,17 +701,14 @@ export class NodeAgent {
     if (!(source instanceof KubeSource)) return;
     for (const pod of this.localPods) {
       const key = `${pod.workload.namespace}/${pod.workload.name}`;
-      const want = pod.enrolled && pod.iface !== undefined;
-      const has = pod.workload.annotations[REDIRECTION_ANNOTATION] === 'enabled';
+      // `failed`: enrolled, but its veth could not be found, so its outbound traffic is not
+      // captured (the reason is in weft's log); absent: not enrolled.
+      const want = !pod.enrolled ? null : pod.iface ? 'enabled' : 'failed';
+      const has = pod.workload.annotations[REDIRECTION_ANNOTATION] ?? null;
       if (want === has || this.marked.get(key) === want) continue;
       this.marked.set(key, want);
       source
-        .patchPodAnnotation(
-          pod.workload.namespace,
-          pod.workload.name,
-          REDIRECTION_ANNOTATION,
-          want ? 'enabled' : null,
-        )
+        .patchPodAnnotation(pod.workload.namespace, pod.workload.name, REDIRECTION_ANNOTATION, want)
         .catch((error: unknown) => {
           this.marked.delete(key);
           this.log.warn({ pod: key, error: (error as Error).message }, 'could not annotate pod');
