@@ -153,7 +153,8 @@ const cli = yargs(hideBin(process.argv))
       y
         .option('config', {
           type: 'string',
-          describe: 'cluster objects: a YAML file or a directory of manifests (watched)',
+          describe:
+            'cluster objects: a YAML file or a directory of manifests (watched), or `kube` for the Kubernetes API (in-cluster or KUBECONFIG)',
         })
         .option('node-name', { type: 'string', describe: 'this node, as in Pod spec.nodeName' })
         .option('bpffs', {

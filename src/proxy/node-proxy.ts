@@ -23,6 +23,7 @@ import {
   HboneStatusError,
   HboneTunnelError,
   relayStream,
+  resetSocket,
   type AuthorizeVerdict,
   type HbonePool,
   type HboneRequestInfo,
@@ -103,8 +104,8 @@ interface LiveFlow {
   readonly flow: Flow;
   readonly sockets: Socket[];
   readonly counts: () => { sent: number; received: number };
-  /** Why the proxy cut it, when a policy change denied it while it was open. */
-  revoked?: { readonly reason: string; readonly policy?: string };
+  /** Why the proxy cut it while it was open: a policy change denied it, or a drain ended. */
+  cut?: { readonly reason: string; readonly flag?: ResponseFlag; readonly policy?: string };
 }
 
 class Refusal extends Error {
@@ -244,23 +245,32 @@ export class NodeProxy {
         mtls: flow.path !== 'inbound-plaintext',
       });
       if (verdict.allow) continue;
-      live.revoked = { reason: `policy changed: ${verdict.reason}`, policy: verdict.policy };
+      live.cut = {
+        reason: `policy changed: ${verdict.reason}`,
+        flag: 'DENY',
+        policy: verdict.policy,
+      };
       for (const socket of live.sockets) socket.destroy();
       closed++;
     }
     return closed;
   }
 
-  /** Waits for live flows to finish, up to `graceMs`, then resets what is left. */
+  /**
+   * Waits for live flows to finish, up to `graceMs`, then resets what is left and waits
+   * (briefly) until those are logged and counted too.
+   */
   async drain(graceMs: number): Promise<number> {
+    const open = () => this.live.size + this.hboneFlows.size;
+    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
     const deadline = Date.now() + graceMs;
-    while (this.live.size + this.hboneFlows.size > 0 && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, Math.min(100, graceMs)));
+    while (open() > 0 && Date.now() < deadline) await sleep(Math.min(100, graceMs));
+    const left = open();
+    for (const live of [...this.live.values(), ...this.hboneFlows.values()]) {
+      live.cut ??= { reason: 'reset: the drain grace ended' };
+      for (const socket of live.sockets) resetSocket(socket);
     }
-    const left = this.live.size + this.hboneFlows.size;
-    for (const { sockets } of [...this.live.values(), ...this.hboneFlows.values()]) {
-      for (const s of sockets) s.destroy();
-    }
+    for (let i = 0; i < 50 && open() > 0; i++) await sleep(20);
     await this.hboneServer?.close();
     await this.options.tunnels?.pool.close();
     return left;
@@ -498,7 +508,7 @@ export class NodeProxy {
         received: record.bytesOut,
         error: record.reason,
       };
-      this.options.observer.closed(live.flow, withRevocation(outcome, live.revoked));
+      this.options.observer.closed(live.flow, withCut(outcome, live.cut));
       return;
     }
     // Refused before a target connection existed (400/401/503): report it as a flow too.
@@ -622,7 +632,7 @@ export class NodeProxy {
     const live = this.live.get(flow.id);
     if (!live) return;
     this.live.delete(flow.id);
-    this.options.observer.closed(flow, withRevocation(outcome, live.revoked));
+    this.options.observer.closed(flow, withCut(outcome, live.cut));
   }
 }
 
@@ -631,9 +641,9 @@ export function tunnelSourceKey(identity: string, serial: string): string {
   return `${identity}#${serial}`;
 }
 
-function withRevocation(outcome: FlowOutcome, revoked: LiveFlow['revoked']): FlowOutcome {
-  if (!revoked || outcome.kind !== 'relayed') return outcome;
-  return { ...outcome, error: revoked.reason, flag: 'DENY', policy: revoked.policy };
+function withCut(outcome: FlowOutcome, cut: LiveFlow['cut']): FlowOutcome {
+  if (!cut || outcome.kind !== 'relayed') return outcome;
+  return { ...outcome, error: cut.reason, flag: cut.flag, policy: cut.policy };
 }
 
 function asRefusal(error: unknown): Refusal {

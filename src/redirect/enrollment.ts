@@ -64,8 +64,9 @@ export interface ReconcileResult {
 }
 
 /**
- * Makes weft_pods and weft_ifaces describe exactly `pods`. A pod's veth entry (anti-spoofing)
- * is written before its enrolled flag, so capture never starts on an unguarded interface.
+ * Makes weft_ifaces hold every local pod's veth (anti-spoofing applies to all pods) and
+ * weft_pods exactly the enrolled ones, so unenrolling leaves no entry behind. The veth entry
+ * is written before the pod's, so capture never starts on an unguarded interface.
  */
 export function reconcilePodMaps(maps: WeftMaps, pods: readonly LocalPod[]): ReconcileResult {
   const wantPods = new Map<string, LocalPod>();
@@ -90,19 +91,17 @@ export function reconcilePodMaps(maps: WeftMaps, pods: readonly LocalPod[]): Rec
   const enrolled: string[] = [];
   const unenrolled: string[] = [];
   for (const [ip, pod] of wantPods) {
-    const flags = pod.enrolled ? POD_ENROLLED : 0;
+    if (!pod.enrolled) continue;
     const old = before.get(ip);
-    if (!old || old.flags !== flags || old.ifindex !== (pod.iface?.index ?? 0)) {
-      maps.pods.set(ip, { flags, ifindex: pod.iface?.index ?? 0 });
+    if (!old || old.flags !== POD_ENROLLED || old.ifindex !== (pod.iface?.index ?? 0)) {
+      maps.pods.set(ip, { flags: POD_ENROLLED, ifindex: pod.iface?.index ?? 0 });
     }
-    const wasEnrolled = ((old?.flags ?? 0) & POD_ENROLLED) !== 0;
-    if (pod.enrolled && !wasEnrolled) enrolled.push(ip);
-    if (!pod.enrolled && wasEnrolled) unenrolled.push(ip);
+    if (!old) enrolled.push(ip);
   }
-  for (const [ip, old] of before) {
-    if (wantPods.has(ip)) continue;
+  for (const ip of before.keys()) {
+    if (wantPods.get(ip)?.enrolled) continue;
     maps.pods.delete(ip);
-    if (old && old.flags & POD_ENROLLED) unenrolled.push(ip);
+    unenrolled.push(ip);
   }
   for (const ifindex of maps.ifaces.keys()) {
     if (!wantIfaces.has(ifindex)) maps.ifaces.delete(ifindex);
