@@ -287,6 +287,7 @@ export class HboneClientConnection {
         timeoutMs,
       );
       stream.on('error', (error: NodeJS.ErrnoException) => {
+        if (settled) return;
         fail(
           new HboneTunnelError(
             'RESET',
@@ -299,6 +300,8 @@ export class HboneClientConnection {
         );
       });
       stream.once('close', () => {
+        // Every stream closes; only one closing before its answer is an error worth building.
+        if (settled) return;
         const code = stream.rstCode ?? H2_NO_ERROR;
         fail(
           new HboneTunnelError(
