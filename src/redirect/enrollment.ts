@@ -5,7 +5,7 @@
 import type { Namespace, Workload } from '../config/model.js';
 import { POD_ENROLLED, type WeftMaps } from '../bpf/weft-maps.js';
 import type { Interface } from '../bpf/attach.js';
-import { PodInterfaceError, podInterfaceForIp } from './interfaces.js';
+import { PodInterfaceError, podInterfaceForIp, readRoutes } from './interfaces.js';
 
 export const DATAPLANE_MODE = 'weft.io/dataplane-mode';
 
@@ -37,15 +37,18 @@ export function describeLocalPods(
   workloads: readonly Workload[],
   namespaceOf: (name: string) => Namespace | undefined,
   interfaces: readonly Interface[],
-  routeLookup: (ip: string) => string = podInterfaceForIp,
+  routeLookup?: (ip: string) => string,
 ): LocalPod[] {
+  // One read of the routing table per reconcile, not one per pod.
+  const routes = routeLookup ? undefined : readRoutes();
+  const lookup = routeLookup ?? ((ip: string) => podInterfaceForIp(ip, routes));
   const byName = new Map(interfaces.map((i) => [i.name, i]));
   return workloads
     .filter((w) => !w.hostNetwork && w.ip)
     .map((workload) => {
       const enrolled = isEnrolled(workload, namespaceOf(workload.namespace));
       try {
-        const name = routeLookup(workload.ip);
+        const name = lookup(workload.ip);
         const iface = byName.get(name);
         if (!iface) return { workload, enrolled, problem: `interface ${name} not found` };
         return { workload, enrolled, iface };

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 
-interface RouteEntry {
+export interface RouteEntry {
   iface: string;
   destination: number;
   mask: number;
@@ -20,7 +20,8 @@ function ipToNumber(ip: string): number {
   return ip.split('.').reduce((acc, part) => ((acc << 8) | Number(part)) >>> 0, 0);
 }
 
-function readRoutes(): RouteEntry[] {
+/** The main table's IPv4 routes, from /proc/net/route. */
+export function readRoutes(): RouteEntry[] {
   const lines = readFileSync('/proc/net/route', 'utf8').trim().split('\n').slice(1);
   return lines.map((line) => {
     const f = line.trim().split(/\s+/);
