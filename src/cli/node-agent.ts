@@ -109,6 +109,7 @@ export class NodeAgent {
   private localPods: LocalPod[] = [];
   private readonly reportedProblems = new Set<string>();
   private attached = false;
+  private lastSignature = '';
   private stopping = false;
 
   constructor(
@@ -240,8 +241,13 @@ export class NodeAgent {
         this.rebuildPolicy();
       }),
     );
+    // The periodic scan only looks for interfaces (and addresses) that came or went; a full
+    // reconcile, which reads every map entry, runs only when they did.
     this.scanTimer = setInterval(
-      () => this.safely(() => this.reconcile()),
+      () =>
+        this.safely(() => {
+          if (this.interfacesSignature() !== this.lastSignature) this.reconcile();
+        }),
       options.interfaceScanMs,
     );
     this.scanTimer.unref();
@@ -603,6 +609,7 @@ export class NodeAgent {
     try {
       action();
     } catch (error) {
+      this.lastSignature = ''; // the next scan retries in full
       this.log.error({ err: error }, 'reconcile failed; will retry');
     }
   }
@@ -615,6 +622,7 @@ export class NodeAgent {
   private reconcile(changedAt?: number): void {
     const datapath = this.datapath!;
     const interfaces = listInterfaces();
+    this.lastSignature = this.interfacesSignature(interfaces);
     datapath.forgetMissing(interfaces);
     const workloads = this.store.workloadsOnNode(this.options.nodeName);
     this.localPods = describeLocalPods(workloads, (n) => this.store.namespace(n), interfaces);
@@ -714,6 +722,11 @@ export class NodeAgent {
           this.log.warn({ pod: key, error: (error as Error).message }, 'could not annotate pod');
         });
     }
+  }
+
+  /** What the scan compares: interfaces by index and name, and the node's addresses. */
+  private interfacesSignature(interfaces: readonly Interface[] = listInterfaces()): string {
+    return `${interfaces.map((i) => `${i.index}:${i.name}`).join(',')}|${hostAddresses().join(',')}`;
   }
 
   private shouldAttach(iface: Interface, podIfaces: ReadonlySet<number>): boolean {
