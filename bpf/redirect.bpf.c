@@ -67,6 +67,27 @@ struct {
 } weft_config SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_DIRECT_VERDICTS);
+	__type(key, struct weft_direct_verdict_key);
+	__type(value, struct weft_direct_verdict);
+} weft_direct_verdicts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_DIRECT_FLOWS);
+	__type(key, struct weft_flow_key);
+	__type(value, struct weft_direct_flow);
+} weft_direct_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WEFT_MAX_DIRECT_CUTS);
+	__type(key, struct weft_flow_key);
+	__type(value, __u32);
+} weft_direct_cuts SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, WEFT_MAX_PODS + 1);
 	__type(key, __u32);
@@ -83,6 +104,8 @@ enum counter {
 	C_DROPPED_STRAY,
 	C_DROPPED_IPV6,
 	C_DROPPED_FRAGMENT,
+	C_DIRECT,
+	C_DROPPED_CUT,
 };
 
 static __always_inline void count(__u32 pod_ip, enum counter which)
@@ -108,6 +131,8 @@ static __always_inline void count(__u32 pod_ip, enum counter which)
 	case C_DROPPED_STRAY: c->dropped_stray++; break;
 	case C_DROPPED_IPV6: c->dropped_ipv6++; break;
 	case C_DROPPED_FRAGMENT: c->dropped_fragment++; break;
+	case C_DIRECT: c->direct++; break;
+	case C_DROPPED_CUT: c->dropped_cut++; break;
 	}
 }
 
@@ -168,6 +193,123 @@ static __always_inline int assign_listener(struct __sk_buff *skb, __u32 slot, __
 	mark_captured(skb);
 	count(pod_ip, captured);
 	return TC_ACT_OK;
+}
+
+/* Advances one direction's sequence mark; returns the newly covered payload bytes. Serial
+ * arithmetic: a segment that ends at or before the mark is a retransmission and adds nothing. */
+static __always_inline __u32 advance(__u32 *next_seq, __u32 end_seq)
+{
+	__u32 gained = end_seq - *next_seq;
+
+	if ((__s32)gained <= 0)
+		return 0;
+	*next_seq = end_seq;
+	return gained;
+}
+
+/* A new connection between two enrolled pods of this node that the proxy already allowed
+ * (same client pod, server pod and port): let it through and start its flow entry. Only while
+ * the proxy is up (its outbound listener is in its slot): with the proxy down nobody could
+ * re-check the flow, so new connections fail closed as proxied ones do. */
+static __always_inline int try_direct(const struct bpf_sock_tuple *tuple, const struct tcphdr *tcp)
+{
+	struct weft_direct_verdict_key vkey = {
+		.client_ip = tuple->ipv4.saddr,
+		.server_ip = tuple->ipv4.daddr,
+		.server_port = tuple->ipv4.dport,
+	};
+	struct weft_flow_key fkey = {
+		.client_ip = tuple->ipv4.saddr,
+		.server_ip = tuple->ipv4.daddr,
+		.client_port = tuple->ipv4.sport,
+		.server_port = tuple->ipv4.dport,
+	};
+	__u32 slot = WEFT_SLOT_OUTBOUND;
+	struct bpf_sock *listener;
+	struct weft_direct_flow flow = {};
+
+	if (!is_enrolled(tuple->ipv4.daddr) || !bpf_map_lookup_elem(&weft_direct_verdicts, &vkey)) {
+		/* Proxied: an entry left from an earlier flow with this tuple must not match it. */
+		bpf_map_delete_elem(&weft_direct_flows, &fkey);
+		return 0;
+	}
+	listener = bpf_map_lookup_elem(&weft_listeners, &slot);
+	if (!listener)
+		return 0;
+	bpf_sk_release(listener);
+
+	flow.client_next_seq = bpf_ntohl(tcp->seq) + 1;
+	flow.opened_ns = bpf_ktime_get_ns();
+	flow.last_ns = flow.opened_ns;
+	bpf_map_delete_elem(&weft_direct_cuts, &fkey);
+	/* A full map leaves the connection to the proxy, which is always correct. */
+	return bpf_map_update_elem(&weft_direct_flows, &fkey, &flow, BPF_ANY) == 0;
+}
+
+/* handle_direct's answer for a packet of no direct flow (distinct from every TC_ACT_*). */
+#define NOT_DIRECT (-100)
+
+/* A packet of a direct flow, in either direction: account for it and let it through, or drop
+ * it when the proxy cut the flow. Returns NOT_DIRECT when it belongs to no direct flow. */
+static __always_inline int handle_direct(struct __sk_buff *skb, const struct bpf_sock_tuple *tuple,
+					 const struct iphdr *ip, const struct tcphdr *tcp)
+{
+	struct weft_flow_key key = {
+		.client_ip = tuple->ipv4.saddr,
+		.server_ip = tuple->ipv4.daddr,
+		.client_port = tuple->ipv4.sport,
+		.server_port = tuple->ipv4.dport,
+	};
+	struct weft_direct_flow *flow;
+	int from_client = 1;
+	__u32 payload, end_seq, l3_len, headers, fin_bit;
+	__u64 now;
+
+	flow = bpf_map_lookup_elem(&weft_direct_flows, &key);
+	if (!flow) {
+		key.client_ip = tuple->ipv4.daddr;
+		key.server_ip = tuple->ipv4.saddr;
+		key.client_port = tuple->ipv4.dport;
+		key.server_port = tuple->ipv4.sport;
+		flow = bpf_map_lookup_elem(&weft_direct_flows, &key);
+		if (!flow)
+			return NOT_DIRECT;
+		from_client = 0;
+	}
+	if (!tcp->rst && bpf_map_lookup_elem(&weft_direct_cuts, &key)) {
+		count(from_client ? key.client_ip : key.server_ip, C_DROPPED_CUT);
+		return TC_ACT_SHOT;
+	}
+
+	/* Payload length from the IP header; a GSO packet over 64 KiB carries 0 there. */
+	l3_len = bpf_ntohs(ip->tot_len);
+	if (l3_len == 0)
+		l3_len = skb->len - sizeof(struct ethhdr);
+	headers = sizeof(struct iphdr) + tcp->doff * 4;
+	payload = l3_len > headers ? l3_len - headers : 0;
+	end_seq = bpf_ntohl(tcp->seq) + payload;
+	fin_bit = tcp->fin ? (from_client ? WEFT_FLOW_FIN_CLIENT : WEFT_FLOW_FIN_SERVER) : 0;
+	now = bpf_ktime_get_ns();
+
+	/* After its FIN a side sends only ACKs, one sequence number further on (the FIN's). */
+	bpf_spin_lock(&flow->lock);
+	if (from_client) {
+		if (!(flow->state & WEFT_FLOW_FIN_CLIENT))
+			flow->client_bytes += advance(&flow->client_next_seq, end_seq);
+	} else if (tcp->syn) {
+		flow->server_next_seq = bpf_ntohl(tcp->seq) + 1;
+		flow->state |= WEFT_FLOW_SERVER_SEQ;
+	} else if ((flow->state & WEFT_FLOW_SERVER_SEQ) && !(flow->state & WEFT_FLOW_FIN_SERVER)) {
+		flow->server_bytes += advance(&flow->server_next_seq, end_seq);
+	}
+	flow->state |= fin_bit | (tcp->rst ? WEFT_FLOW_RST : 0);
+	flow->last_ns = now;
+	if (!flow->closed_ns && ((flow->state & WEFT_FLOW_RST) ||
+				 (flow->state & (WEFT_FLOW_FIN_CLIENT | WEFT_FLOW_FIN_SERVER)) ==
+					 (WEFT_FLOW_FIN_CLIENT | WEFT_FLOW_FIN_SERVER)))
+		flow->closed_ns = now;
+	bpf_spin_unlock(&flow->lock);
+	return TC_ACT_UNSPEC;
 }
 
 static __always_inline int handle_ipv6(struct __sk_buff *skb, void *data, void *data_end,
@@ -276,6 +418,11 @@ int weft_redirect(struct __sk_buff *skb)
 	if (!new_connection) {
 		if (assign_established(skb, &tuple))
 			return TC_ACT_OK;
+		/* Either end may have left the mesh since the flow began; it stays direct. */
+		int direct = handle_direct(skb, &tuple, ip, tcp);
+
+		if (direct != NOT_DIRECT)
+			return direct;
 		/* A reply to the node itself (kubelet probes go out through the veth's egress,
 		 * uncaptured) is the one plaintext an enrolled pod may send without the proxy. */
 		if (src_enrolled && bpf_map_lookup_elem(&weft_host_addrs, &dst))
@@ -289,8 +436,13 @@ int weft_redirect(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 
-	if (src_enrolled)
+	if (src_enrolled) {
+		if (try_direct(&tuple, tcp)) {
+			count(src, C_DIRECT);
+			return TC_ACT_UNSPEC;
+		}
 		return assign_listener(skb, WEFT_SLOT_OUTBOUND, src, C_CAPTURED_OUTBOUND);
+	}
 
 	__u32 zero = 0;
 	const struct weft_config *cfg = bpf_map_lookup_elem(&weft_config, &zero);

@@ -7,15 +7,19 @@
 #ifndef WEFT_MAPS_H
 #define WEFT_MAPS_H
 
+#include <linux/bpf.h>
 #include <linux/types.h>
 
 /* Bumped whenever a map's key or value layout changes. */
-#define WEFT_ABI_VERSION 2
+#define WEFT_ABI_VERSION 3
 
 #define WEFT_MAX_PODS 65536
 #define WEFT_MAX_IFACES 65536
 #define WEFT_MAX_HOST_ADDRS 256
 #define WEFT_MAX_SERVICE_VIPS 65536
+#define WEFT_MAX_DIRECT_VERDICTS 65536
+#define WEFT_MAX_DIRECT_FLOWS 65536
+#define WEFT_MAX_DIRECT_CUTS 4096
 
 /* weft_listeners: SOCKMAP slots holding the node proxy's capture listeners. */
 enum weft_listener_slot {
@@ -58,6 +62,8 @@ struct weft_counters {
 	__u64 dropped_stray;        /* enrolled pod packet with no proxy socket (e.g. proxy crash) */
 	__u64 dropped_ipv6;         /* IPv6 TCP from or to an enrolled pod (no IPv6 capture yet) */
 	__u64 dropped_fragment;     /* IPv4 fragment of TCP from or to an enrolled pod */
+	__u64 direct;               /* new same-node connections let through by a verdict */
+	__u64 dropped_cut;          /* packet of a direct flow the proxy cut (policy change) */
 };
 
 /* weft_host_addrs: the node's own addresses; key IPv4 (network order), value unused. */
@@ -67,5 +73,55 @@ struct weft_counters {
  * carry the pre-NAT tuple and no socket lookup here can match them: they are handed to the
  * node's own stack (marked, so they can only be delivered locally), where the DNAT turns
  * them into the tuple of the proxy's accepted socket. */
+
+/* The same-node direct path. An allowed connection between two enrolled pods of this node
+ * needs no proxy: the node proxy records its verdict for (client pod, server pod, port) in
+ * weft_direct_verdicts after deciding a first connection, and later SYNs matching a verdict
+ * pass straight to the server pod. Each such flow gets a weft_direct_flows entry that the
+ * program keeps up to date (bytes, FIN/RST) and the node proxy reads for metrics, access logs
+ * and policy re-checks; it deletes entries once closed. */
+
+/* weft_direct_verdicts: key below, value `struct weft_direct_verdict`. */
+struct weft_direct_verdict_key {
+	__u32 client_ip;   /* network byte order */
+	__u32 server_ip;   /* network byte order */
+	__u16 server_port; /* network byte order */
+	__u16 pad;         /* zero */
+};
+
+struct weft_direct_verdict {
+	__u32 flags;    /* reserved, zero: presence is the verdict "allow" */
+	__u32 reserved;
+};
+
+/* weft_direct_flows and weft_direct_cuts: key is the flow as the client opened it. */
+struct weft_flow_key {
+	__u32 client_ip;   /* network byte order */
+	__u32 server_ip;   /* network byte order */
+	__u16 client_port; /* network byte order */
+	__u16 server_port; /* network byte order */
+};
+
+#define WEFT_FLOW_FIN_CLIENT (1u << 0)
+#define WEFT_FLOW_FIN_SERVER (1u << 1)
+#define WEFT_FLOW_RST (1u << 2)
+#define WEFT_FLOW_SERVER_SEQ (1u << 3) /* server_next_seq is valid (SYN-ACK seen) */
+
+struct weft_direct_flow {
+	struct bpf_spin_lock lock;
+	__u32 state;           /* WEFT_FLOW_* */
+	__u32 client_next_seq; /* highest sequence number sent by the client, plus one */
+	__u32 server_next_seq; /* the same for the server */
+	/* Payload bytes each way, counted once: by how far the sequence number advanced, so
+	 * retransmissions are not counted twice. */
+	__u64 client_bytes;
+	__u64 server_bytes;
+	__u64 opened_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the SYN */
+	__u64 last_ns;   /* at the latest packet */
+	__u64 closed_ns; /* at the RST or the second FIN; 0 while open */
+};
+
+/* weft_direct_cuts: flows the node proxy cut after a policy change; value unused. Their
+ * packets are dropped (an RST still passes, so both ends learn). */
 
 #endif /* WEFT_MAPS_H */

@@ -12,16 +12,22 @@
 #include <fcntl.h>
 #include <linux/bpf.h>
 #include <linux/fib_rules.h>
+#include <linux/inet_diag.h>
+#include <linux/net_namespace.h>
+#include <linux/sock_diag.h>
 #include <linux/netfilter_ipv4.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -370,4 +376,203 @@ int weft_local_route_add(uint32_t table, int lo_ifindex)
 int weft_local_route_del(uint32_t table, int lo_ifindex)
 {
 	return local_route_request(0, table, lo_ifindex);
+}
+
+/* ---- network namespaces: finding a pod's, and aborting a TCP socket inside it ---- */
+
+/* Sends one netlink request on a fresh socket of `protocol` and copies the first reply of
+ * type `want` into `out`; returns its length, or the kernel's -errno, or -ETIMEDOUT. */
+static int nl_query(int protocol, const struct nlmsghdr *req, uint16_t want, char *out, size_t size)
+{
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	struct timeval timeout = { .tv_sec = 5 };
+	char reply[8192];
+	int fd, result = -ETIMEDOUT;
+	ssize_t n;
+
+	fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+	if (sendto(fd, req, req->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
+		return fail_close(fd);
+	for (int tries = 0; tries < 16 && result == -ETIMEDOUT; tries++) {
+		n = recv(fd, reply, sizeof(reply), 0);
+		if (n < 0)
+			return fail_close(fd);
+		for (struct nlmsghdr *h = (struct nlmsghdr *)reply; NLMSG_OK(h, (size_t)n);
+		     h = NLMSG_NEXT(h, n)) {
+			if (h->nlmsg_seq != req->nlmsg_seq)
+				continue;
+			if (h->nlmsg_type == NLMSG_ERROR) {
+				result = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+				break;
+			}
+			if (h->nlmsg_type == want) {
+				if (h->nlmsg_len > size)
+					result = -EMSGSIZE;
+				else {
+					memcpy(out, h, h->nlmsg_len);
+					result = (int)h->nlmsg_len;
+				}
+				break;
+			}
+		}
+	}
+	close(fd);
+	return result;
+}
+
+/* The s32 value of attribute `type` among the attributes that follow a message's fixed
+ * header of `header_len` bytes; -ENOENT when absent. */
+static int nl_find_s32(const struct nlmsghdr *h, size_t header_len, unsigned short type, int32_t *value)
+{
+	size_t offset = NLMSG_SPACE(header_len);
+	const struct rtattr *rta;
+
+	while (offset + sizeof(*rta) <= h->nlmsg_len) {
+		rta = (const struct rtattr *)((const char *)h + offset);
+		if (rta->rta_len < sizeof(*rta) || offset + rta->rta_len > h->nlmsg_len)
+			return -EBADMSG;
+		if (rta->rta_type == type && RTA_PAYLOAD(rta) >= sizeof(*value)) {
+			memcpy(value, RTA_DATA(rta), sizeof(*value));
+			return 0;
+		}
+		offset += RTA_ALIGN(rta->rta_len);
+	}
+	return -ENOENT;
+}
+
+/* The id (in this process's namespace) of the namespace holding the peer of veth `ifindex`
+ * (`ip link` shows it as link-netnsid); -ENOENT when the link has no peer elsewhere. */
+int weft_link_netnsid(int ifindex)
+{
+	struct {
+		struct nlmsghdr nh;
+		struct ifinfomsg ifi;
+	} req;
+	char reply[8192];
+	int32_t nsid;
+	int n, err;
+
+	memset(&req, 0, sizeof(req));
+	req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(req.ifi));
+	req.nh.nlmsg_type = RTM_GETLINK;
+	req.nh.nlmsg_flags = NLM_F_REQUEST;
+	req.nh.nlmsg_seq = (uint32_t)time(NULL);
+	req.ifi.ifi_family = AF_UNSPEC;
+	req.ifi.ifi_index = ifindex;
+	n = nl_query(NETLINK_ROUTE, &req.nh, RTM_NEWLINK, reply, sizeof(reply));
+	if (n < 0)
+		return n;
+	err = nl_find_s32((struct nlmsghdr *)reply, sizeof(struct ifinfomsg), IFLA_LINK_NETNSID, &nsid);
+	if (err)
+		return err;
+	return nsid < 0 ? -ENOENT : nsid;
+}
+
+/* The id this process's namespace gives the network namespace at `path` (a bind mount under
+ * /var/run/netns or /proc/PID/ns/net); -ENOENT when it has none. */
+int weft_netns_id(const char *path)
+{
+	struct {
+		struct nlmsghdr nh;
+		struct rtgenmsg g;
+		char attrs[16];
+	} req;
+	char reply[1024];
+	struct rtattr *rta;
+	int32_t nsid;
+	int fd, n, err;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	memset(&req, 0, sizeof(req));
+	req.nh.nlmsg_len = NLMSG_LENGTH(sizeof(req.g));
+	req.nh.nlmsg_type = RTM_GETNSID;
+	req.nh.nlmsg_flags = NLM_F_REQUEST;
+	req.nh.nlmsg_seq = (uint32_t)time(NULL);
+	req.g.rtgen_family = AF_UNSPEC;
+	rta = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.nh.nlmsg_len));
+	rta->rta_type = NETNSA_FD;
+	rta->rta_len = RTA_LENGTH(sizeof(uint32_t));
+	memcpy(RTA_DATA(rta), &fd, sizeof(uint32_t));
+	req.nh.nlmsg_len = NLMSG_ALIGN(req.nh.nlmsg_len) + RTA_ALIGN(rta->rta_len);
+	n = nl_query(NETLINK_ROUTE, &req.nh, RTM_NEWNSID, reply, sizeof(reply));
+	close(fd);
+	if (n < 0)
+		return n;
+	err = nl_find_s32((struct nlmsghdr *)reply, sizeof(struct rtgenmsg), NETNSA_NSID, &nsid);
+	if (err)
+		return err;
+	return nsid < 0 ? -ENOENT : nsid;
+}
+
+struct destroy_job {
+	const char *netns_path;
+	struct inet_diag_req_v2 req;
+	int result;
+};
+
+/* Runs on its own thread: setns() changes only the calling thread's namespace, and the
+ * thread ends right after, so Node's threads never leave the node's namespace. */
+static void *destroy_in_netns(void *arg)
+{
+	struct destroy_job *job = arg;
+	struct {
+		struct nlmsghdr nh;
+		struct inet_diag_req_v2 req;
+	} msg;
+	char reply[512];
+	int fd;
+
+	fd = open(job->netns_path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		job->result = -errno;
+		return NULL;
+	}
+	if (setns(fd, CLONE_NEWNET) < 0) {
+		job->result = -errno;
+		close(fd);
+		return NULL;
+	}
+	close(fd);
+	memset(&msg, 0, sizeof(msg));
+	msg.nh.nlmsg_len = NLMSG_LENGTH(sizeof(msg.req));
+	msg.nh.nlmsg_type = SOCK_DESTROY;
+	msg.nh.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+	msg.nh.nlmsg_seq = (uint32_t)time(NULL);
+	msg.req = job->req;
+	job->result = nl_query(NETLINK_SOCK_DIAG, &msg.nh, NLMSG_ERROR, reply, sizeof(reply));
+	return NULL;
+}
+
+/* Aborts the TCP socket local_ip:local_port <-> remote_ip:remote_port that lives in the
+ * network namespace at `netns_path` (as `ss -K` does): its owner gets ECONNABORTED and the
+ * peer an RST. Returns 0, -ENOENT when no such socket exists, or another -errno. */
+int weft_tcp_destroy(const char *netns_path, const char *local_ip, int local_port,
+		     const char *remote_ip, int remote_port)
+{
+	struct sockaddr_in local, remote;
+	struct destroy_job job = { .netns_path = netns_path, .result = -EINTR };
+	pthread_t thread;
+	int err;
+
+	if (parse_ipv4(local_ip, local_port, &local) || parse_ipv4(remote_ip, remote_port, &remote))
+		return -EINVAL;
+	job.req.sdiag_family = AF_INET;
+	job.req.sdiag_protocol = IPPROTO_TCP;
+	job.req.idiag_states = ~0u;
+	job.req.id.idiag_sport = local.sin_port;
+	job.req.id.idiag_dport = remote.sin_port;
+	job.req.id.idiag_src[0] = local.sin_addr.s_addr;
+	job.req.id.idiag_dst[0] = remote.sin_addr.s_addr;
+	job.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+	job.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+	err = pthread_create(&thread, NULL, destroy_in_netns, &job);
+	if (err)
+		return -err;
+	pthread_join(thread, NULL);
+	return job.result;
 }

@@ -103,6 +103,11 @@ export const native = {
   ),
   localRouteAdd: nativeLib.func('int weft_local_route_add(uint32_t table, int lo_ifindex)'),
   localRouteDel: nativeLib.func('int weft_local_route_del(uint32_t table, int lo_ifindex)'),
+  linkNetnsId: nativeLib.func('int weft_link_netnsid(int ifindex)'),
+  netnsId: nativeLib.func('int weft_netns_id(const char *path)'),
+  tcpDestroy: nativeLib.func(
+    'int weft_tcp_destroy(const char *netns_path, const char *local_ip, int local_port, const char *remote_ip, int remote_port)',
+  ),
 };
 
 /** The thread's errno after a libbpf/libc call that reported failure. */

@@ -90,7 +90,7 @@ export class TypedMap<K, V> {
     const k = this.encodeKey(key);
     const v = Buffer.alloc(this.valueCodec.size);
     this.valueCodec.encode(value, v);
-    check(libbpf.mapUpdate(this.fd, k, v, flags), `update ${this.name}[${String(key)}]`);
+    check(libbpf.mapUpdate(this.fd, k, v, flags), `update ${this.name}[${describeKey(key)}]`);
   }
 
   get(key: K): V | undefined {
@@ -102,7 +102,7 @@ export class TypedMap<K, V> {
   delete(key: K): boolean {
     const result = libbpf.mapDelete(this.fd, this.encodeKey(key));
     if (result === -ENOENT) return false;
-    check(result, `delete ${this.name}[${String(key)}]`);
+    check(result, `delete ${this.name}[${describeKey(key)}]`);
     return true;
   }
 
@@ -120,6 +120,25 @@ export class TypedMap<K, V> {
     return keys;
   }
 
+  /** Every entry, read one by one (an entry deleted meanwhile is skipped). */
+  entries(limit = 1_000_000): [K, V][] {
+    const entries: [K, V][] = [];
+    let previous: Buffer | null = null;
+    for (let i = 0; i < limit; i++) {
+      const next = Buffer.alloc(this.keyCodec.size);
+      const result = libbpf.mapNextKey(this.fd, previous, next);
+      if (result === -ENOENT) break;
+      check(result, `iterate ${this.name}`);
+      previous = next;
+      const out = Buffer.alloc(this.valueCodec.size);
+      const found = libbpf.mapLookup(this.fd, next, out);
+      if (found === -ENOENT) continue;
+      check(found, `lookup ${this.name}`);
+      entries.push([this.keyCodec.decode(next), this.valueCodec.decode(out)]);
+    }
+    return entries;
+  }
+
   protected encodeKey(key: K): Buffer {
     const k = Buffer.alloc(this.keyCodec.size);
     this.keyCodec.encode(key, k);
@@ -130,7 +149,7 @@ export class TypedMap<K, V> {
     const out = Buffer.alloc(size);
     const result = libbpf.mapLookup(this.fd, this.encodeKey(key), out);
     if (result === -ENOENT) return undefined;
-    check(result, `lookup ${this.name}[${String(key)}]`);
+    check(result, `lookup ${this.name}[${describeKey(key)}]`);
     return out;
   }
 }
@@ -162,4 +181,8 @@ export class PerCpuCounterMap<K, V extends Record<string, bigint>> extends Typed
   override set(): never {
     throw new Error(`${this.name} is written by the BPF program only`);
   }
+}
+
+function describeKey(key: unknown): string {
+  return typeof key === 'object' && key !== null ? JSON.stringify(key) : String(key);
 }

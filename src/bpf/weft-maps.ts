@@ -13,7 +13,7 @@ import {
 } from './maps.js';
 import type { BpfObject } from './object.js';
 
-export const WEFT_ABI_VERSION = 2;
+export const WEFT_ABI_VERSION = 3;
 
 export const MAP_NAMES = [
   'weft_listeners',
@@ -23,6 +23,9 @@ export const MAP_NAMES = [
   'weft_service_vips',
   'weft_config',
   'weft_counters',
+  'weft_direct_verdicts',
+  'weft_direct_flows',
+  'weft_direct_cuts',
 ] as const;
 
 export const PROGRAM_NAME = 'weft_redirect';
@@ -52,6 +55,8 @@ export type PodCounters = {
   droppedStray: bigint;
   droppedIpv6: bigint;
   droppedFragment: bigint;
+  direct: bigint;
+  droppedCut: bigint;
 };
 
 export const COUNTER_FIELDS: readonly (keyof PodCounters)[] = [
@@ -64,7 +69,94 @@ export const COUNTER_FIELDS: readonly (keyof PodCounters)[] = [
   'droppedStray',
   'droppedIpv6',
   'droppedFragment',
+  'direct',
+  'droppedCut',
 ];
+
+/** A same-node direct-path verdict: this client pod may open connections to that pod port. */
+export interface DirectVerdictKey {
+  readonly clientIp: string;
+  readonly serverIp: string;
+  readonly serverPort: number;
+}
+
+/** A direct flow as its client opened it. */
+export interface FlowKey {
+  readonly clientIp: string;
+  readonly clientPort: number;
+  readonly serverIp: string;
+  readonly serverPort: number;
+}
+
+export const FLOW_FIN_CLIENT = 1 << 0;
+export const FLOW_FIN_SERVER = 1 << 1;
+export const FLOW_RST = 1 << 2;
+
+/** What the program keeps of a direct flow (struct weft_direct_flow without its lock). */
+export interface DirectFlowState {
+  readonly state: number;
+  readonly clientBytes: bigint;
+  readonly serverBytes: bigint;
+  /** CLOCK_MONOTONIC nanoseconds, the clock of process.hrtime.bigint(). */
+  readonly openedNs: bigint;
+  readonly lastNs: bigint;
+  /** 0 while open. */
+  readonly closedNs: bigint;
+}
+
+/** Ports are stored in network byte order; IPs as raw network-order bytes. */
+const directVerdictKeyCodec: Codec<DirectVerdictKey> = {
+  size: 12,
+  encode(value, into) {
+    ipv4Codec.encode(value.clientIp, into.subarray(0, 4));
+    ipv4Codec.encode(value.serverIp, into.subarray(4, 8));
+    into.writeUInt16BE(value.serverPort, 8);
+    into.writeUInt16LE(0, 10);
+  },
+  decode(from) {
+    return {
+      clientIp: ipv4Codec.decode(from.subarray(0, 4)),
+      serverIp: ipv4Codec.decode(from.subarray(4, 8)),
+      serverPort: from.readUInt16BE(8),
+    };
+  },
+};
+
+export const flowKeyCodec: Codec<FlowKey> = {
+  size: 12,
+  encode(value, into) {
+    ipv4Codec.encode(value.clientIp, into.subarray(0, 4));
+    ipv4Codec.encode(value.serverIp, into.subarray(4, 8));
+    into.writeUInt16BE(value.clientPort, 8);
+    into.writeUInt16BE(value.serverPort, 10);
+  },
+  decode(from) {
+    return {
+      clientIp: ipv4Codec.decode(from.subarray(0, 4)),
+      serverIp: ipv4Codec.decode(from.subarray(4, 8)),
+      clientPort: from.readUInt16BE(8),
+      serverPort: from.readUInt16BE(10),
+    };
+  },
+};
+
+/** struct weft_direct_flow: lock(4) state(4) next seqs(4+4), then five u64 (56 bytes). */
+const directFlowCodec: Codec<DirectFlowState> = {
+  size: 56,
+  encode() {
+    throw new Error('weft_direct_flows entries are written by the BPF program only');
+  },
+  decode(from) {
+    return {
+      state: from.readUInt32LE(4),
+      clientBytes: from.readBigUInt64LE(16),
+      serverBytes: from.readBigUInt64LE(24),
+      openedNs: from.readBigUInt64LE(32),
+      lastNs: from.readBigUInt64LE(40),
+      closedNs: from.readBigUInt64LE(48),
+    };
+  },
+};
 
 /** weft_ifaces stores the pod IP as raw network-order bytes; expose it as a dotted string. */
 const ifaceCodec: Codec<{ podIp: string; flags: number }> = {
@@ -92,6 +184,12 @@ export interface WeftMaps {
   readonly config: TypedMap<number, DatapathConfig>;
   /** Pod IP ('0.0.0.0' for traffic with no pod) -> counters summed over CPUs. */
   readonly counters: PerCpuCounterMap<string, PodCounters>;
+  /** Same-node connections the proxy allowed and BPF may let through directly. */
+  readonly directVerdicts: TypedMap<DirectVerdictKey, { flags: number; reserved: number }>;
+  /** Live direct flows, kept by the program (read and delete only). */
+  readonly directFlows: TypedMap<FlowKey, DirectFlowState>;
+  /** Direct flows the proxy cut: their packets are dropped. */
+  readonly directCuts: TypedMap<FlowKey, number>;
 }
 
 export function openWeftMaps(object: BpfObject): WeftMaps {
@@ -120,6 +218,19 @@ export function openWeftMaps(object: BpfObject): WeftMaps {
       COUNTER_FIELDS,
       libbpf.numPossibleCpus(),
     ),
+    directVerdicts: new TypedMap(
+      'weft_direct_verdicts',
+      fd('weft_direct_verdicts'),
+      directVerdictKeyCodec,
+      u32StructCodec<{ flags: number; reserved: number }>(['flags', 'reserved']),
+    ),
+    directFlows: new TypedMap(
+      'weft_direct_flows',
+      fd('weft_direct_flows'),
+      flowKeyCodec,
+      directFlowCodec,
+    ),
+    directCuts: new TypedMap('weft_direct_cuts', fd('weft_direct_cuts'), flowKeyCodec, u32Codec),
   };
 }
 

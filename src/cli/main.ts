@@ -79,6 +79,7 @@ async function runNodeCommand(argv: Record<string, unknown>): Promise<void> {
     ),
     accessLog: argv['access-log'] !== false,
     accessLogSample: parseFraction('access-log-sample', argv['access-log-sample']),
+    directSameNode: argv['direct-same-node'] !== false,
   };
   if (options.certTtlMs < 2000) throw new CliError(`--cert-ttl must be at least 2s`);
   if ((options.fwmark & options.fwmarkMask) !== options.fwmark) {
@@ -245,6 +246,12 @@ const cli = yargs(hideBin(process.argv))
           type: 'boolean',
           default: true,
           describe: 'one JSON line per closed connection on stdout (--no-access-log turns it off)',
+        })
+        .option('direct-same-node', {
+          type: 'boolean',
+          default: true,
+          describe:
+            'once the proxy allowed a same-node pod pair and port, let their later connections through in BPF (--no-direct-same-node relays them all)',
         })
         .option('access-log-sample', {
           type: 'string',

@@ -22,6 +22,7 @@ import {
 } from '../identity/index.js';
 import { HBONE_CIPHERSUITES, HbonePool, type VerifyPeer } from '../proxy/hbone/index.js';
 import { observeAll } from '../proxy/flow.js';
+import type { DirectPathControl } from '../proxy/direct-flows.js';
 import { ServiceResolver } from '../lb/index.js';
 import { PolicyEngine } from '../policy/index.js';
 import {
@@ -31,6 +32,7 @@ import {
   type TunnelCredentials,
 } from '../proxy/node-proxy.js';
 import { Datapath, predecessorServes, removeDatapath } from '../redirect/datapath.js';
+import { DirectPath } from '../redirect/direct-path.js';
 import {
   describeLocalPods,
   isEnrolled,
@@ -96,6 +98,7 @@ export class NodeAgent {
   /** The problems of the last config load, if it had any (for /config_dump and metrics). */
   private lastReloadErrors: string[] = [];
   private datapath?: Datapath;
+  private directPath?: DirectPath;
   private certificates?: CertificateManager;
   private readonly listeners: CaptureListener[] = [];
   private readonly endpoints: HttpEndpoint[] = [];
@@ -185,6 +188,7 @@ export class NodeAgent {
           mtls: input.mtls,
         }),
       logger: log.child({ component: 'hbone' }),
+      directPath: options.directSameNode ? this.directPathControl() : undefined,
     });
     this.rebuildPolicy();
     // Listeners and HTTP endpoints first: a busy port is the likeliest start-up failure, found
@@ -215,6 +219,9 @@ export class NodeAgent {
         routing: routingOf(options),
         hbonePort: options.hbonePort,
       });
+      this.directPath = new DirectPath(this.datapath.maps);
+      // Verdicts are this process's decisions; a predecessor's (other config) are not.
+      this.directPath.clearVerdicts();
       this.reconcile();
       // Certificates before listeners: once a listener is in its slot, connections arrive.
       await this.certificatesReady(15_000);
@@ -237,6 +244,7 @@ export class NodeAgent {
     this.store.on('change', () =>
       this.safely(() => {
         this.reconcile(Date.now());
+        this.proxy?.invalidateDirectVerdicts();
         this.resolver.retainLive();
         this.rebuildPolicy();
       }),
@@ -601,6 +609,18 @@ export class NodeAgent {
         };
       }),
       connections: this.connections(),
+    };
+  }
+
+  /** The direct path as the proxy sees it; the maps exist only once the datapath is open. */
+  private directPathControl(): DirectPathControl {
+    const path = () => this.directPath;
+    return {
+      allow: (verdict) => path()?.allow(verdict),
+      clearVerdicts: () => path()?.clearVerdicts() ?? 0,
+      flows: () => path()?.flows() ?? [],
+      forget: (key) => path()?.forget(key),
+      cut: (key) => path()?.cut(key) ?? 'the datapath is not open',
     };
   }
 

@@ -38,6 +38,8 @@ export interface NodeOptions {
   /** Access log: off, or the fraction of clean connections logged (refusals always are). */
   readonly accessLog: boolean;
   readonly accessLogSample: number;
+  /** Let allowed same-node connections through in BPF after their first (the direct path). */
+  readonly directSameNode: boolean;
 }
 
 /** Defaults clear of kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00). */

@@ -16,6 +16,8 @@ export interface AccessEntry {
   id: number;
   direction: 'outbound' | 'inbound';
   path: string;
+  datapath?: string;
+  durationMs?: number;
   src: string;
   dst: string;
   srcWorkload?: string;

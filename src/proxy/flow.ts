@@ -47,6 +47,8 @@ export interface Flow {
   readonly service?: ServiceRef;
   readonly path: Path;
   readonly security: SecurityPolicy;
+  /** Let through by the BPF program without the proxy (the same-node direct path). */
+  readonly direct?: boolean;
   readonly startedAt: number;
 }
 
@@ -59,6 +61,8 @@ export type FlowOutcome =
       /** Set when the proxy cut the connection (a policy change now denies it). */
       readonly flag?: ResponseFlag;
       readonly policy?: string;
+      /** When it ended (ms since the epoch), if earlier than the report. */
+      readonly endedAt?: number;
     }
   | {
       readonly kind: 'refused';

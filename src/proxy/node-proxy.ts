@@ -16,6 +16,7 @@ import type {
   ResponseFlag,
   ServiceRef,
 } from './flow.js';
+import { DirectFlows, type DirectPathControl } from './direct-flows.js';
 import { relay } from './relay.js';
 import { UpstreamConnectError, connectUpstream } from './upstream.js';
 import {
@@ -98,6 +99,8 @@ export interface NodeProxyOptions {
   readonly logger?: import('./hbone/index.js').HboneLogger;
   /** How many endpoints to try when connecting fails before any byte is sent. */
   readonly maxConnectAttempts?: number;
+  /** The same-node direct path (BPF); without it every same-node connection is relayed. */
+  readonly directPath?: DirectPathControl;
 }
 
 interface LiveFlow {
@@ -130,8 +133,21 @@ export class NodeProxy {
   private readonly live = new Map<number, LiveFlow>();
   private readonly hboneFlows = new Map<string, LiveFlow>();
   readonly hboneServer?: HboneServer;
+  private readonly direct?: DirectFlows;
 
   constructor(private readonly options: NodeProxyOptions) {
+    if (options.directPath) {
+      this.direct = new DirectFlows({
+        control: options.directPath,
+        observer: options.observer,
+        workloadByIp: (ip) => options.directory.workloadByIp(ip),
+        identityOf: (workload) => options.directory.identityOf(workload),
+        stillAllowed: (flow) => this.stillAllowed(flow),
+        nextId: () => this.nextId++,
+        warn: (fields, message) => options.logger?.warn(fields, message),
+      });
+      this.direct.start();
+    }
     if (options.tunnels) {
       const tunnels = options.tunnels;
       this.hboneServer = new HboneServer({
@@ -220,10 +236,18 @@ export class NodeProxy {
   }
 
   activeFlows(): { flow: Flow; sent: number; received: number }[] {
-    return [...this.live.values(), ...this.hboneFlows.values()].map((l) => ({
-      flow: l.flow,
-      ...l.counts(),
-    }));
+    return [
+      ...[...this.live.values(), ...this.hboneFlows.values()].map((l) => ({
+        flow: l.flow,
+        ...l.counts(),
+      })),
+      ...(this.direct?.active() ?? []),
+    ];
+  }
+
+  /** Config changed: same-node verdicts recorded for the direct path must be made again. */
+  invalidateDirectVerdicts(): void {
+    this.direct?.invalidate();
   }
 
   /**
@@ -231,19 +255,9 @@ export class NodeProxy {
    * those it now denies (called after a policy change).
    */
   recheck(): number {
-    let closed = 0;
+    let closed = this.direct?.recheck() ?? 0;
     for (const live of [...this.live.values(), ...this.hboneFlows.values()]) {
-      const { flow } = live;
-      const destination = flow.destinationWorkload;
-      const toLocalPod = flow.direction === 'inbound' || flow.path === 'same-node';
-      if (!toLocalPod || !destination || destination.nodeName !== this.options.nodeName) continue;
-      const verdict = this.authorize({
-        destination,
-        port: (flow.upstream ?? flow.target).port,
-        sourceIdentity: flow.path === 'inbound-plaintext' ? undefined : flow.sourceIdentity,
-        sourceIp: flow.client.ip,
-        mtls: flow.path !== 'inbound-plaintext',
-      });
+      const verdict = this.stillAllowed(live.flow);
       if (verdict.allow) continue;
       live.cut = {
         reason: `policy changed: ${verdict.reason}`,
@@ -265,6 +279,7 @@ export class NodeProxy {
     const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
     const deadline = Date.now() + graceMs;
     while (open() > 0 && Date.now() < deadline) await sleep(Math.min(100, graceMs));
+    this.direct?.stop();
     const left = open();
     for (const live of [...this.live.values(), ...this.hboneFlows.values()]) {
       live.cut ??= { reason: 'reset: the drain grace ended' };
@@ -274,6 +289,22 @@ export class NodeProxy {
     await this.hboneServer?.close();
     await this.options.tunnels?.pool.close();
     return left;
+  }
+
+  /** Whether policy still allows a live flow to a local pod (always, for other flows). */
+  private stillAllowed(flow: Flow): AuthorizationVerdict {
+    const destination = flow.destinationWorkload;
+    const toLocalPod = flow.direction === 'inbound' || flow.path === 'same-node';
+    if (!toLocalPod || !destination || destination.nodeName !== this.options.nodeName) {
+      return { allow: true };
+    }
+    return this.authorize({
+      destination,
+      port: (flow.upstream ?? flow.target).port,
+      sourceIdentity: flow.path === 'inbound-plaintext' ? undefined : flow.sourceIdentity,
+      sourceIp: flow.client.ip,
+      mtls: flow.path !== 'inbound-plaintext',
+    });
   }
 
   // ---- outbound ----
@@ -355,6 +386,8 @@ export class NodeProxy {
           mtls: true,
         });
         if (!verdict.allow) throw new Refusal(verdict.reason, 'DENY', verdict.policy);
+        // Decided now, recorded before any await: a policy change in between clears it.
+        this.direct?.remember(facts.client.ip, endpoint.ip, endpoint.port);
         return { kind: 'socket', socket: await this.plainConnect(endpoint, facts.client.ip) };
       }
       case 'hbone':

@@ -37,11 +37,14 @@ export class AccessLog implements FlowObserver {
         id: flow.id,
         direction: flow.direction,
         path: flow.path,
+        datapath: flow.direct ? 'bpf' : undefined,
         src: formatEndpoint(flow.client),
         dst: formatEndpoint(flow.target),
         srcWorkload: workloadName(flow.sourceWorkload),
         dstWorkload: workloadName(flow.destinationWorkload),
-        durationMs: Date.now() - flow.startedAt,
+        durationMs:
+          (outcome.kind === 'relayed' ? (outcome.endedAt ?? Date.now()) : Date.now()) -
+          flow.startedAt,
         srcIdentity: flow.sourceIdentity,
         dstIdentity: flow.destinationIdentity,
         service: flow.service && `${flow.service.namespace}/${flow.service.name}`,
