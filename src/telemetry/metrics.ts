@@ -109,10 +109,11 @@ export class MeshMetrics implements FlowObserver {
       this.received.inc(labels, outcome.received);
     }
     // Counted where policy was evaluated (the destination's proxy), not again at the source
-    // that only saw the tunnel's 401.
+    // that only saw the tunnel's 401. A same-node connection is decided by this proxy acting
+    // for the destination, so it counts as the destination's denial too.
     const evaluatedHere = flow.direction === 'inbound' || flow.path === 'same-node';
     if (outcome.flag === 'DENY' && evaluatedHere) {
-      this.denials.inc({ policy: outcome.policy ?? 'default-deny', reporter: labels.reporter });
+      this.denials.inc({ policy: outcome.policy ?? 'default-deny', reporter: 'destination' });
     }
   }
 
