@@ -1,8 +1,8 @@
 // End-to-end: the same-node direct path. After the proxy allowed a (client pod, server pod,
 // port), later connections of that pair pass in BPF without the proxy; they are still
 // counted, logged with exact bytes, re-checked when policy changes (and cut), refused when
-// denied, and refused when the proxy is down. A node started with --no-direct-same-node
-// relays every connection.
+// denied, and refused when the proxy is down. A node started with --no-direct-same-node, or
+// without CAP_SYS_ADMIN (needed to abort cut flows), relays every connection.
 import test from 'ava';
 import { rename, writeFile } from 'node:fs/promises';
 import { stringify } from 'yaml';
@@ -221,6 +221,29 @@ test.serial('--no-direct-same-node relays every same-node connection', async (t)
   await mesh.stopNode('node-0');
   await mesh.startNode('node-0', ['--no-direct-same-node']);
   try {
+    const before = counters('client');
+    for (let i = 0; i < 3; i++) t.true((await connectOnce('client')).ok);
+    const after = counters('client');
+    t.is(after.direct - before.direct, 0n);
+    t.is(after.captured - before.captured, 3n);
+  } finally {
+    await mesh.stopNode('node-0');
+    await mesh.startNode('node-0');
+  }
+});
+
+test.serial('without CAP_SYS_ADMIN the direct path is off, and says so', async (t) => {
+  await mesh.stopNode('node-0');
+  const withoutSysAdmin = [
+    'setpriv',
+    '--bounding-set',
+    '-all,+bpf,+net_admin',
+    '--inh-caps',
+    '-all',
+  ];
+  const proxy = await mesh.startNode('node-0', [], { wrapper: withoutSysAdmin });
+  try {
+    t.true(proxy.lines.some((l) => l.includes('same-node direct path off')));
     const before = counters('client');
     for (let i = 0; i < 3; i++) t.true((await connectOnce('client')).ok);
     const after = counters('client');

@@ -55,16 +55,20 @@ import { MeshMetrics, scrapeMetric } from '../telemetry/metrics.js';
 import { CliError, type NodeOptions } from './options.js';
 import type { StatusDump } from './status.js';
 
+const CAP_NET_ADMIN = 12;
+const CAP_SYS_ADMIN = 21;
+const CAP_BPF = 39;
+
+/** Whether this process has a capability: by CapEff, since uid 0 in a container may lack some. */
+function hasCapability(bit: number): boolean {
+  const capEff = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+  return ((BigInt(`0x${capEff ?? '0'}`) >> BigInt(bit)) & 1n) === 1n;
+}
+
 /** Fails with one clear line when the process cannot load BPF programs or change routing. */
 export function assertPrivileges(): void {
-  if (process.getuid?.() === 0) return;
-  const capEff = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
-  const caps = BigInt(`0x${capEff ?? '0'}`);
-  const has = (bit: number) => (caps >> BigInt(bit)) & 1n;
-  const CAP_NET_ADMIN = 12;
-  const CAP_SYS_ADMIN = 21;
-  const CAP_BPF = 39;
-  if (has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))) return;
+  if (hasCapability(CAP_NET_ADMIN) && (hasCapability(CAP_BPF) || hasCapability(CAP_SYS_ADMIN)))
+    return;
   throw new CliError(
     'weft node needs root, or the capabilities CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN on kernels before 5.8): run it with sudo or grant them',
   );
@@ -188,7 +192,7 @@ export class NodeAgent {
           mtls: input.mtls,
         }),
       logger: log.child({ component: 'hbone' }),
-      directPath: options.directSameNode ? this.directPathControl() : undefined,
+      directPath: this.directPathWanted() ? this.directPathControl() : undefined,
     });
     this.rebuildPolicy();
     // Listeners and HTTP endpoints first: a busy port is the likeliest start-up failure, found
@@ -610,6 +614,21 @@ export class NodeAgent {
       }),
       connections: this.connections(),
     };
+  }
+
+  /**
+   * The direct path needs CAP_SYS_ADMIN: cutting a flow that a policy change denies means
+   * aborting its socket inside the pod's network namespace. Without it every same-node
+   * connection is relayed, so enforcement never depends on it.
+   */
+  private directPathWanted(): boolean {
+    if (!this.options.directSameNode) return false;
+    if (hasCapability(CAP_SYS_ADMIN)) return true;
+    this.log.warn(
+      {},
+      'same-node direct path off: it needs CAP_SYS_ADMIN (to abort cut flows in pod network namespaces); every same-node connection is relayed',
+    );
+    return false;
   }
 
   /** The direct path as the proxy sees it; the maps exist only once the datapath is open. */

@@ -105,11 +105,17 @@ export class LabMesh {
   async startNode(
     nodeName: string,
     extraArgs: readonly string[] = [],
-    overrides: { readonly caDir?: string; readonly configDir?: string } = {},
+    overrides: {
+      readonly caDir?: string;
+      readonly configDir?: string;
+      /** A command that execs the proxy (e.g. setpriv, to run it with fewer capabilities). */
+      readonly wrapper?: readonly string[];
+    } = {},
   ): Promise<LabProcess> {
     const node = this.lab.node(nodeName);
     const caDir = overrides.caDir ?? (this.options.ca !== false ? this.caDir : undefined);
     const proxy = this.lab.spawn(node.netns, [
+      ...(overrides.wrapper ?? []),
       process.execPath,
       WEFT_CLI,
       'node',
