@@ -138,13 +138,17 @@ test.before(async () => {
   });
 
   // The manifest's container, volumes mapped to the lab: the hostPath /sys/fs/bpf is the lab
-  // node's bpffs, the Secret cacerts is caDir.
+  // node's bpffs, the Secret cacerts is caDir, /var/run/netns is itself.
   const manifest = loadManifest();
   const ds = only(manifest, 'DaemonSet');
   const hostDirs: Record<string, string> = {};
   for (const v of podSpec(ds)['volumes'] as Obj[]) {
     if (at(v, 'hostPath', 'path') === '/sys/fs/bpf') hostDirs[String(v['name'])] = node.pinDir;
     else if (at(v, 'secret', 'secretName') === 'cacerts') hostDirs[String(v['name'])] = caDir;
+    // Pod network namespaces: the lab's are where the host's would be.
+    else if (at(v, 'hostPath', 'path') === '/var/run/netns') {
+      hostDirs[String(v['name'])] = '/var/run/netns';
+    }
   }
   const mapped = volumeMounts(weftContainer(ds)).map((m) => m.volume);
   for (const v of mapped) {
