@@ -254,3 +254,38 @@ test.serial('without CAP_SYS_ADMIN the direct path is off, and says so', async (
     await mesh.startNode('node-0');
   }
 });
+
+test.serial('a direct flow outlives a proxy restart, and the new proxy logs it', async (t) => {
+  await writePolicies([]);
+  t.true(await eventually(async () => (await connectOnce('client')).ok));
+  t.true((await connectOnce('client')).ok);
+  const before = counters('client');
+  // One byte every 200 ms for 6 s; each must come back; then a clean close.
+  const holder = lab.spawn(lab.pod('client').netns, [
+    process.execPath,
+    '-e',
+    `const s=require('net').connect({host:'${lab.pod('server').ip}',port:${PORT}});let sent=0,got=0;` +
+      `s.on('data',d=>{got+=d.length});s.on('error',e=>console.log('error '+e.code));` +
+      `const i=setInterval(()=>{if(sent<30){s.write('x');sent++}else{clearInterval(i);setTimeout(()=>{console.log('done '+sent+' '+got);s.end()},300)}},200);` +
+      `s.on('close',()=>process.exit(0))`,
+  ]);
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    t.is(counters('client').direct - before.direct, 1n, 'the held connection is direct');
+    await mesh.stopNode('node-0');
+    const proxy = await mesh.startNode('node-0');
+    const done = await holder.waitForLine(
+      (l) => l.startsWith('done') || l.startsWith('error'),
+      15_000,
+    );
+    t.is(done, 'done 30 30', 'every byte came back across the restart');
+    const entry = () =>
+      mesh
+        .accessLog('node-0')
+        .find((e) => e.datapath === 'bpf' && e.bytesSent === 30 && e.bytesReceived === 30);
+    t.true(await eventually(() => entry() !== undefined, 5000), 'logged by the new proxy');
+    t.true(proxy.lines.some((l) => l.includes('"bytesSent":30')));
+  } finally {
+    await holder.stop();
+  }
+});
