@@ -231,6 +231,7 @@ static __always_inline int try_direct(const struct bpf_sock_tuple *tuple, const 
 	if (!is_enrolled(tuple->ipv4.daddr) || !bpf_map_lookup_elem(&weft_direct_verdicts, &vkey)) {
 		/* Proxied: an entry left from an earlier flow with this tuple must not match it. */
 		bpf_map_delete_elem(&weft_direct_flows, &fkey);
+		bpf_map_delete_elem(&weft_direct_cuts, &fkey);
 		return 0;
 	}
 	listener = bpf_map_lookup_elem(&weft_listeners, &slot);

@@ -635,7 +635,7 @@ export class NodeAgent {
   private directPathControl(): DirectPathControl {
     const path = () => this.directPath;
     return {
-      allow: (verdict) => path()?.allow(verdict),
+      allow: (verdict) => path()?.allow(verdict) ?? false,
       clearVerdicts: () => path()?.clearVerdicts() ?? 0,
       flows: () => path()?.flows() ?? [],
       forget: (key) => path()?.forget(key),

@@ -32,7 +32,8 @@ export interface DirectFlowReading {
 }
 
 export interface DirectPathControl {
-  allow(verdict: { clientIp: string; serverIp: string; serverPort: number }): void;
+  /** False when it could not be recorded (map full): the pair is then simply relayed. */
+  allow(verdict: { clientIp: string; serverIp: string; serverPort: number }): boolean;
   clearVerdicts(): number;
   flows(): readonly DirectFlowReading[];
   forget(key: DirectFlowTuple): void;
@@ -170,7 +171,10 @@ export class DirectFlows {
     }
     for (const [id, live] of this.live) {
       if (seen.has(id)) continue;
+      // A new connection on the same tuple went through the proxy and the program dropped
+      // this entry: whatever cut was left for it must go too.
       if (!live.reported) this.report(live, undefined, 'its entry was removed');
+      this.options.control.forget(live.key);
       this.live.delete(id);
     }
   }

@@ -24,8 +24,17 @@ export class DirectPath {
 
   constructor(private readonly maps: WeftMaps) {}
 
-  allow(key: DirectVerdictKey): void {
-    this.maps.directVerdicts.set(key, { flags: 0, reserved: 0 }, BPF_ANY);
+  /**
+   * Records a verdict; false when the map is full (or the write fails), which only means the
+   * pair's connections keep being relayed.
+   */
+  allow(key: DirectVerdictKey): boolean {
+    try {
+      this.maps.directVerdicts.set(key, { flags: 0, reserved: 0 }, BPF_ANY);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Forgets every verdict: the next connection of each pair is decided by the proxy again. */
@@ -57,12 +66,17 @@ export class DirectPath {
    * Returns undefined when the socket was aborted, else why not (the drop still holds).
    */
   cut(key: FlowKey): string | undefined {
-    this.maps.directCuts.set(key, 1, BPF_ANY);
+    const failures: string[] = [];
+    try {
+      this.maps.directCuts.set(key, 1, BPF_ANY);
+    } catch (error) {
+      // The abort below still ends the flow; only the drop of stray packets is missing.
+      failures.push((error as Error).message);
+    }
     const attempts: [string, number, string, number][] = [
       [key.clientIp, key.clientPort, key.serverIp, key.serverPort],
       [key.serverIp, key.serverPort, key.clientIp, key.clientPort],
     ];
-    const failures: string[] = [];
     for (const [localIp, localPort, remoteIp, remotePort] of attempts) {
       const failure = this.abortSocket(localIp, localPort, remoteIp, remotePort);
       if (!failure) return undefined;
