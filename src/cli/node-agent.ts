@@ -11,7 +11,7 @@ import {
 } from '../bpf/attach.js';
 import { COUNTER_FIELDS, ListenerSlot } from '../bpf/weft-maps.js';
 import { ConfigStore, FileSource, type Workload } from '../config/index.js';
-import { KubeSource } from '../config/kube-source.js';
+import type { KubeSource } from '../config/kube-source.js';
 import {
   CertificateManager,
   TrustBundles,
@@ -139,8 +139,14 @@ export class NodeAgent {
       log.warn({}, 'no --ca: traffic between nodes that needs a tunnel is refused (fail closed)');
     }
 
-    this.source =
+    // Loaded only against a cluster: the Kubernetes client is ~25 MB of heap a node running
+    // from files never needs.
+    const { KubeSource } =
       options.config === 'kube'
+        ? await import('../config/kube-source.js')
+        : { KubeSource: undefined };
+    this.source =
+      KubeSource !== undefined
         ? new KubeSource({
             store: this.store,
             logger: log.child({ component: 'config' }),
@@ -745,7 +751,7 @@ export class NodeAgent {
    */
   private markRedirection(): void {
     const source = this.source;
-    if (!(source instanceof KubeSource)) return;
+    if (!source || !('patchPodAnnotation' in source)) return;
     for (const pod of this.localPods) {
       const key = `${pod.workload.namespace}/${pod.workload.name}`;
       // `failed`: enrolled, but its veth could not be found, so its outbound traffic is not
