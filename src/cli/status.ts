@@ -84,12 +84,13 @@ export function renderStatus(s: StatusDump): string {
             (c.droppedSpoofed ?? 0) +
             (c.droppedStray ?? 0) +
             (c.droppedIpv6 ?? 0) +
-            (c.droppedFragment ?? 0),
+            (c.droppedFragment ?? 0) +
+            (c.droppedCut ?? 0),
         )
       : '0';
   let out = `node ${s.node}  (config generation ${s.generation})\n\nPods on this node:\n`;
   out += table([
-    ['pod', 'ip', 'enrolled', 'identity', 'cert expires in', 'captured out/in', 'drops'],
+    ['pod', 'ip', 'enrolled', 'identity', 'cert expires in', 'captured out/in', 'direct', 'drops'],
     ...s.pods.map((p) => [
       p.pod,
       p.ip,
@@ -97,6 +98,7 @@ export function renderStatus(s: StatusDump): string {
       p.identity ?? '-',
       until(p.certificateExpires),
       `${p.counters?.capturedOutbound ?? 0}/${(p.counters?.capturedInbound ?? 0) + (p.counters?.capturedHbone ?? 0)}`,
+      String(p.counters?.direct ?? 0),
       drops(p.counters),
     ]),
   ]);
