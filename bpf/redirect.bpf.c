@@ -26,7 +26,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, WEFT_SLOT_COUNT);
+	__uint(max_entries, WEFT_LISTENER_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } weft_listeners SEC(".maps");
@@ -173,11 +173,39 @@ static __always_inline int assign_established(struct __sk_buff *skb, struct bpf_
 	return assigned;
 }
 
-/* Hands a new connection (SYN) to the capture listener in `slot`; drops when there is none. */
-static __always_inline int assign_listener(struct __sk_buff *skb, __u32 slot, __u32 pod_ip,
+/* The listener of kind `kind` (WEFT_SLOT_*) that a new connection goes to: the one of the
+ * worker its flow hash picks, else of the next worker (in order, wrapping) whose slot holds
+ * one. NULL when no worker has one (the proxy is down). The caller releases the socket. */
+static __always_inline struct bpf_sock *pick_listener(__u32 kind, __u32 hash)
+{
+	__u32 zero = 0;
+	const struct weft_config *cfg = bpf_map_lookup_elem(&weft_config, &zero);
+	__u32 workers = cfg && cfg->workers ? cfg->workers : 1;
+	__u32 first, i;
+
+	if (workers > WEFT_MAX_WORKERS)
+		workers = WEFT_MAX_WORKERS;
+	first = hash % workers;
+	for (i = 0; i < WEFT_MAX_WORKERS && i < workers; i++) {
+		__u32 worker = first + i;
+		__u32 slot;
+		struct bpf_sock *listener;
+
+		if (worker >= workers)
+			worker -= workers;
+		slot = kind + WEFT_SLOT_COUNT * worker;
+		listener = bpf_map_lookup_elem(&weft_listeners, &slot);
+		if (listener)
+			return listener;
+	}
+	return NULL;
+}
+
+/* Hands a new connection (SYN) to a capture listener of kind `kind`; drops when there is none. */
+static __always_inline int assign_listener(struct __sk_buff *skb, __u32 kind, __u32 pod_ip,
 					   enum counter captured)
 {
-	struct bpf_sock *listener = bpf_map_lookup_elem(&weft_listeners, &slot);
+	struct bpf_sock *listener = pick_listener(kind, bpf_get_hash_recalc(skb));
 	long err;
 
 	if (!listener) {
@@ -210,7 +238,8 @@ static __always_inline __u32 advance(__u32 *next_seq, __u32 end_seq)
 /* A new connection between two enrolled pods of this node that the proxy already allowed
  * (same client pod, server pod and port): let it through and start its flow entry. Only while
  * the proxy is up (its outbound listener is in its slot): with the proxy down nobody could
- * re-check the flow, so new connections fail closed as proxied ones do. */
+ * re-check the flow, so new connections fail closed as proxied ones do. Any worker's listener
+ * will do: the control plane, not a worker, keeps direct flows. */
 static __always_inline int try_direct(const struct bpf_sock_tuple *tuple, const struct tcphdr *tcp)
 {
 	struct weft_direct_verdict_key vkey = {
@@ -224,7 +253,6 @@ static __always_inline int try_direct(const struct bpf_sock_tuple *tuple, const 
 		.client_port = tuple->ipv4.sport,
 		.server_port = tuple->ipv4.dport,
 	};
-	__u32 slot = WEFT_SLOT_OUTBOUND;
 	struct bpf_sock *listener;
 	struct weft_direct_flow flow = {};
 
@@ -234,7 +262,7 @@ static __always_inline int try_direct(const struct bpf_sock_tuple *tuple, const 
 		bpf_map_delete_elem(&weft_direct_cuts, &fkey);
 		return 0;
 	}
-	listener = bpf_map_lookup_elem(&weft_listeners, &slot);
+	listener = pick_listener(WEFT_SLOT_OUTBOUND, 0);
 	if (!listener)
 		return 0;
 	bpf_sk_release(listener);

@@ -11,7 +11,7 @@
 #include <linux/types.h>
 
 /* Bumped whenever a map's key or value layout changes. */
-#define WEFT_ABI_VERSION 3
+#define WEFT_ABI_VERSION 4
 
 #define WEFT_MAX_PODS 65536
 #define WEFT_MAX_IFACES 65536
@@ -21,13 +21,18 @@
 #define WEFT_MAX_DIRECT_FLOWS 65536
 #define WEFT_MAX_DIRECT_CUTS 4096
 
-/* weft_listeners: SOCKMAP slots holding the node proxy's capture listeners. */
+/* weft_listeners: SOCKMAP slots holding the node proxy's capture listeners. Each data-plane
+ * worker process w owns the slots `kind + WEFT_SLOT_COUNT * w`; a single-process proxy is
+ * worker 0. A new connection goes to the worker its flow hash picks, or, when that worker's
+ * slot is empty (it died or is restarting), to the next worker that has one. */
 enum weft_listener_slot {
 	WEFT_SLOT_OUTBOUND = 0, /* 15001: plaintext from local enrolled pods */
 	WEFT_SLOT_INBOUND = 1,  /* 15006: plaintext to local enrolled pods */
 	WEFT_SLOT_HBONE = 2,    /* 15008: HBONE to local enrolled pods */
 	WEFT_SLOT_COUNT = 3,
 };
+#define WEFT_MAX_WORKERS 16
+#define WEFT_LISTENER_SLOTS (WEFT_SLOT_COUNT * WEFT_MAX_WORKERS)
 
 /* weft_pods: key is a local pod's IPv4 address (network byte order). */
 struct weft_pod {
@@ -49,6 +54,8 @@ struct weft_config {
 	__u32 mark;        /* fwmark set on captured packets so the node delivers them locally */
 	__u32 mark_mask;   /* bits of skb->mark that weft owns */
 	__u32 hbone_port;  /* inbound TCP port handed to the HBONE slot (15008) */
+	__u32 workers;     /* data-plane workers whose slots new connections are spread over;
+			    * 0 counts as 1, more than WEFT_MAX_WORKERS as WEFT_MAX_WORKERS */
 };
 
 /* weft_counters: per-CPU, key is a pod IPv4 address; 0 counts what has no pod. */

@@ -13,7 +13,7 @@ import {
 } from './maps.js';
 import type { BpfObject } from './object.js';
 
-export const WEFT_ABI_VERSION = 3;
+export const WEFT_ABI_VERSION = 4;
 
 export const MAP_NAMES = [
   'weft_listeners',
@@ -36,6 +36,19 @@ export enum ListenerSlot {
   Hbone = 2,
 }
 
+/** Listener kinds per worker (WEFT_SLOT_COUNT). */
+export const SLOT_COUNT = 3;
+/** Most data-plane workers the program spreads connections over (WEFT_MAX_WORKERS). */
+export const MAX_WORKERS = 16;
+
+/** The SOCKMAP slot of one worker's listener of one kind. */
+export function listenerSlot(kind: ListenerSlot, worker: number): number {
+  if (!Number.isInteger(worker) || worker < 0 || worker >= MAX_WORKERS) {
+    throw new RangeError(`worker ${worker} is outside 0..${MAX_WORKERS - 1}`);
+  }
+  return kind + SLOT_COUNT * worker;
+}
+
 export const POD_ENROLLED = 1;
 
 export type PodEntry = { flags: number; ifindex: number };
@@ -44,6 +57,8 @@ export type DatapathConfig = {
   mark: number;
   markMask: number;
   hbonePort: number;
+  /** Workers whose listener slots new connections are spread over (0 counts as 1). */
+  workers: number;
 };
 export type PodCounters = {
   capturedOutbound: bigint;
@@ -171,8 +186,8 @@ const ifaceCodec: Codec<{ podIp: string; flags: number }> = {
 };
 
 export interface WeftMaps {
-  /** Slot -> listener socket (update with a socket fd; lookup returns the socket cookie). */
-  readonly listeners: TypedMap<ListenerSlot, bigint>;
+  /** Slot (see listenerSlot) -> listener socket (update with a socket fd; lookup returns the socket cookie). */
+  readonly listeners: TypedMap<number, bigint>;
   /** Local pod IP -> enrollment flags. */
   readonly pods: TypedMap<string, PodEntry>;
   /** Pod veth ifindex -> the pod IP that veth may carry. */
@@ -209,7 +224,7 @@ export function openWeftMaps(object: BpfObject): WeftMaps {
       'weft_config',
       fd('weft_config'),
       u32Codec,
-      u32StructCodec<DatapathConfig>(['abiVersion', 'mark', 'markMask', 'hbonePort']),
+      u32StructCodec<DatapathConfig>(['abiVersion', 'mark', 'markMask', 'hbonePort', 'workers']),
     ),
     counters: new PerCpuCounterMap(
       'weft_counters',

@@ -3,6 +3,7 @@
 // composition root. Every bad flag or start-up failure becomes one clear line on stderr and a
 // non-zero exit; stack traces only with --log-level debug.
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { KernelError } from '../bpf/errors.js';
@@ -20,8 +21,12 @@ import {
   parseNumber,
   parseTrustDomain,
   parseUplinks,
+  parseWorkers,
   type NodeOptions,
 } from './options.js';
+
+/** WEFT_MAX_WORKERS in bpf/weft_maps.h (kept here so flag parsing loads no FFI). */
+const MAX_WORKERS = 16;
 
 function packageVersion(): string {
   const pkg = JSON.parse(
@@ -80,6 +85,7 @@ async function runNodeCommand(argv: Record<string, unknown>): Promise<void> {
     accessLog: argv['access-log'] !== false,
     accessLogSample: parseFraction('access-log-sample', argv['access-log-sample']),
     directSameNode: argv['direct-same-node'] !== false,
+    workers: parseWorkers(argv.workers, availableParallelism(), MAX_WORKERS),
   };
   if (options.certTtlMs < 2000) throw new CliError(`--cert-ttl must be at least 2s`);
   if ((options.fwmark & options.fwmarkMask) !== options.fwmark) {
@@ -257,6 +263,12 @@ const cli = yargs(hideBin(process.argv))
           type: 'string',
           default: '1',
           describe: 'fraction of clean connections logged; refusals and errors always are',
+        })
+        .option('workers', {
+          type: 'string',
+          default: '1',
+          describe:
+            'data-plane worker processes (1 to 16, or auto: one per CPU); above 1 this process stays the control plane and the workers relay connections',
         })
         .option('cleanup', {
           type: 'boolean',

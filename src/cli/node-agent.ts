@@ -3,34 +3,29 @@
 // here; the modules it wires keep only what they are handed.
 import { existsSync, readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { AggregatorRegistry, type Registry } from 'prom-client';
 import {
   interfaceIndex,
   listInterfaces,
   resolveAttachMode,
   type Interface,
 } from '../bpf/attach.js';
-import { COUNTER_FIELDS, ListenerSlot } from '../bpf/weft-maps.js';
-import { ConfigStore, FileSource, type Workload } from '../config/index.js';
+import { COUNTER_FIELDS } from '../bpf/weft-maps.js';
+import { ConfigStore, FileSource, stateObjects, type Workload } from '../config/index.js';
 import type { KubeSource } from '../config/kube-source.js';
 import {
   CertificateManager,
   TrustBundles,
   loadIssuer,
   peerChain,
-  spiffeIdFor,
   validatePeer,
 } from '../identity/index.js';
 import { HBONE_CIPHERSUITES, HbonePool, type VerifyPeer } from '../proxy/hbone/index.js';
-import { observeAll } from '../proxy/flow.js';
 import type { DirectPathControl } from '../proxy/direct-flows.js';
 import { ServiceResolver } from '../lb/index.js';
 import { PolicyEngine } from '../policy/index.js';
-import {
-  NodeProxy,
-  tunnelSourceKey,
-  type MeshDirectory,
-  type TunnelCredentials,
-} from '../proxy/node-proxy.js';
+import { NodeProxy, tunnelSourceKey, type TunnelCredentials } from '../proxy/node-proxy.js';
 import { Datapath, predecessorServes, removeDatapath } from '../redirect/datapath.js';
 import { DirectPath } from '../redirect/direct-path.js';
 import {
@@ -42,7 +37,6 @@ import {
 } from '../redirect/enrollment.js';
 import { hostAddresses } from '../redirect/interfaces.js';
 import { openCaptureListener, type CaptureListener } from '../redirect/listeners.js';
-import { AccessLog } from '../telemetry/access-log.js';
 import {
   adminHandler,
   listenReusePort,
@@ -52,8 +46,20 @@ import {
 } from '../telemetry/http-servers.js';
 import type { Logger } from '../telemetry/logger.js';
 import { MeshMetrics, scrapeMetric } from '../telemetry/metrics.js';
+import { WorkerPool } from '../workers/pool.js';
+import type { StateSnapshot, ToWorker, WorkerCertificate } from '../workers/protocol.js';
+import {
+  buildNodeProxy,
+  connectionsOf,
+  identityOf,
+  meshDirectory,
+  type ConnectionView,
+} from './data-plane.js';
 import { CliError, type NodeOptions } from './options.js';
 import type { StatusDump } from './status.js';
+
+/** The data-plane worker program, next to this file in dist/. */
+const WORKER_ENTRY = fileURLToPath(new URL('../workers/main.js', import.meta.url));
 
 const CAP_NET_ADMIN = 12;
 const CAP_SYS_ADMIN = 21;
@@ -104,9 +110,18 @@ export class NodeAgent {
   private datapath?: Datapath;
   private directPath?: DirectPath;
   private certificates?: CertificateManager;
+  private bundles?: TrustBundles;
+  /** Whether allowed same-node pairs pass in BPF (decided once, at start). */
+  private directPathOn = false;
   private readonly listeners: CaptureListener[] = [];
   private readonly endpoints: HttpEndpoint[] = [];
+  /**
+   * Relays connections with one process; with workers, only keeps the direct-path flows
+   * (counted, logged, re-checked and cut in one place).
+   */
   private proxy?: NodeProxy;
+  /** The data-plane workers, with --workers above 1. */
+  private pool?: WorkerPool;
   private readonly metrics: MeshMetrics;
   private readonly resolver: ServiceResolver;
   private readonly policy = new PolicyEngine();
@@ -173,32 +188,18 @@ export class NodeAgent {
       );
     }
 
-    const directory = this.directory();
-    this.proxy = new NodeProxy({
-      nodeName: options.nodeName,
-      directory,
+    const multi = options.workers > 1;
+    this.directPathOn = this.directPathWanted();
+    this.proxy = buildNodeProxy({
+      options,
+      log,
+      directory: meshDirectory(this.store, options.trustDomain),
       resolver: this.resolver,
-      observer: observeAll([
-        ...(options.accessLog
-          ? [
-              new AccessLog(log.child({ component: 'access' }), {
-                sampleRate: options.accessLogSample,
-              }),
-            ]
-          : []),
-        this.metrics,
-      ]),
-      connectTimeoutMs: options.connectTimeoutMs,
-      tunnels,
-      authorize: (input) =>
-        this.policy.evaluate({
-          destination: input.destination,
-          destinationPort: input.port,
-          source: { identity: input.sourceIdentity, ip: input.sourceIp },
-          mtls: input.mtls,
-        }),
-      logger: log.child({ component: 'hbone' }),
-      directPath: this.directPathWanted() ? this.directPathControl() : undefined,
+      metrics: this.metrics,
+      policy: this.policy,
+      // With workers, this process relays nothing: the workers hold the tunnels.
+      tunnels: multi ? undefined : tunnels,
+      directPath: this.directPathOn ? this.directPathControl() : undefined,
     });
     this.rebuildPolicy();
     // Listeners and HTTP endpoints first: a busy port is the likeliest start-up failure, found
@@ -211,11 +212,14 @@ export class NodeAgent {
     const listen = (name: string, port: number, handler: (s: Socket) => void) =>
       openCaptureListener(name, options.listenAddress, port, handler, { takeover });
     try {
-      this.listeners.push(
-        await listen('outbound', options.outboundPort, proxy.handleOutbound),
-        await listen('inbound', options.inboundPort, proxy.handleInbound),
-        await listen('hbone', options.hbonePort, proxy.handleHbone),
-      );
+      // Workers open their own listeners, on ephemeral ports.
+      if (!multi) {
+        this.listeners.push(
+          await listen('outbound', options.outboundPort, proxy.handleOutbound),
+          await listen('inbound', options.inboundPort, proxy.handleInbound),
+          await listen('hbone', options.hbonePort, proxy.handleHbone),
+        );
+      }
       await this.openHttpEndpoints();
     } catch (error) {
       await this.closeEndpoints();
@@ -237,11 +241,18 @@ export class NodeAgent {
       await this.certificatesReady(15_000);
       // The hand-over point: each slot switches atomically from a predecessor's listener
       // (or from empty, where SYNs were dropped: fail closed) to ours.
-      this.listeners.forEach((listener, i) =>
-        this.datapath!.setListener(LISTENER_SLOTS[i]!, listener.fd),
-      );
+      if (multi) {
+        // Each worker swaps its listeners into its own slots (slot by slot, atomically);
+        // connections spread over all of them only once every one is in.
+        this.pool = this.workerPool(options.workers);
+        await this.pool.start(20_000);
+      } else {
+        this.datapath.slots.fill(0, this.listeners);
+      }
+      this.datapath.setWorkerCount(options.workers);
       this.attached = true;
     } catch (error) {
+      await this.pool?.stop(0);
       await this.closeEndpoints();
       this.datapath?.close();
       if (freshInstall) {
@@ -257,6 +268,7 @@ export class NodeAgent {
         this.proxy?.invalidateDirectVerdicts();
         this.resolver.retainLive();
         this.rebuildPolicy();
+        this.pool?.broadcast({ type: 'state', state: this.snapshot() });
       }),
     );
     // The periodic scan only looks for interfaces (and addresses) that came or went; a full
@@ -274,6 +286,7 @@ export class NodeAgent {
         node: options.nodeName,
         attachMode,
         mtls: tunnels !== undefined,
+        workers: this.pool?.pids(),
         interfaces: this.datapath.attachedInterfaces().map((i) => i.name),
         pods: this.localPods.map((p) => ({
           pod: `${p.workload.namespace}/${p.workload.name}`,
@@ -297,9 +310,8 @@ export class NodeAgent {
     this.stopping = true;
     clearInterval(this.scanTimer);
     await this.source?.stop();
-    const replaced = this.listeners.some(
-      (listener, i) => this.datapath?.listenerCookie(LISTENER_SLOTS[i]!) !== listener.cookie,
-    );
+    const replaced =
+      this.listeners.length > 0 && (this.datapath?.slots.replaced(0, this.listeners) ?? false);
     if (replaced) {
       this.log.info(
         {},
@@ -308,7 +320,10 @@ export class NodeAgent {
       await new Promise((resolve) => setTimeout(resolve, HANDOVER_ACCEPT_MS));
     }
     await Promise.all(this.listeners.splice(0).map((l) => l.close()));
-    const reset = (await this.proxy?.drain(this.options.drainGraceMs)) ?? 0;
+    const [reset] = await Promise.all([
+      this.proxy?.drain(this.options.drainGraceMs) ?? 0,
+      this.pool?.stop(this.options.drainGraceMs),
+    ]);
     await Promise.all(this.endpoints.splice(0).map((e) => e.close()));
     this.certificates?.close();
     this.datapath?.close();
@@ -351,6 +366,7 @@ export class NodeAgent {
       throw new CliError(`--ca ${caDir}: ${(error as Error).message}`);
     }
     const bundles = new TrustBundles([[options.trustDomain, issuer.roots]]);
+    this.bundles = bundles;
     this.certificates = new CertificateManager({
       issuer,
       trustDomain: options.trustDomain,
@@ -376,7 +392,12 @@ export class NodeAgent {
         },
         'certificate issued',
       );
+      const certificate = this.workerCertificate(e.spiffeId, e.previousSerial);
+      if (certificate) this.pool?.broadcast({ type: 'certificate', certificate });
     });
+    this.certificates.on('dropped', (e) =>
+      this.pool?.broadcast({ type: 'certificateDropped', spiffeId: e.spiffeId }),
+    );
     this.certificates.on('mintFailed', (e) =>
       log.error(
         { identity: e.spiffeId, error: e.error.message, retryInMs: e.retryInMs },
@@ -399,15 +420,64 @@ export class NodeAgent {
   }
 
   private identityOf(workload: Workload): string {
-    return spiffeIdFor(this.options.trustDomain, workload.namespace, workload.serviceAccount).uri;
+    return identityOf(this.options.trustDomain, workload);
   }
 
-  private directory(): MeshDirectory {
+  /** The cluster state in force, as a worker rebuilds it. */
+  private snapshot(): StateSnapshot {
+    return { generation: this.store.generation, objects: stateObjects(this.store.state) };
+  }
+
+  /** A certificate as a worker needs it (key included: it never reaches a log). */
+  private workerCertificate(
+    spiffeId: string,
+    previousSerial?: string,
+  ): WorkerCertificate | undefined {
+    const current = this.certificates?.current(spiffeId);
+    if (!current) return undefined;
+    const { svid } = current;
     return {
-      workloadByIp: (ip) => this.store.workloadByIp(ip),
-      isEnrolled: (w) => isEnrolled(w, this.store.namespace(w.namespace)),
-      identityOf: (w) => this.identityOf(w),
+      spiffeId,
+      serial: svid.serial,
+      keyPem: svid.keyPem,
+      chainPem: svid.chainPem,
+      notAfter: svid.notAfter,
+      previousSerial,
     };
+  }
+
+  private trustBundles(): [string, string][] {
+    const bundles = this.bundles;
+    if (!bundles) return [];
+    return bundles.trustDomains().map((td) => [td, bundles.pem(td)!]);
+  }
+
+  private workerPool(count: number): WorkerPool {
+    const initFor = (worker: number): Extract<ToWorker, { type: 'init' }> => ({
+      type: 'init',
+      worker,
+      options: this.options,
+      directPath: this.directPathOn,
+      state: this.snapshot(),
+      bundles: this.trustBundles(),
+      certificates: (this.certificates?.list() ?? []).flatMap((c) => {
+        const certificate = this.workerCertificate(c.spiffeId);
+        return certificate ? [certificate] : [];
+      }),
+    });
+    return new WorkerPool({
+      count,
+      entry: WORKER_ENTRY,
+      log: this.log.child({ component: 'workers' }),
+      initFor,
+      // A verdict decided against an older state than ours may be stale: the cleared map
+      // stays clear, and the next connection of the pair is decided again.
+      onAllow: (message) => {
+        if (message.generation === this.store.generation && !this.stopping) {
+          this.directPath?.allow(message.verdict);
+        }
+      },
+    });
   }
 
   private async openHttpEndpoints(): Promise<void> {
@@ -422,8 +492,9 @@ export class NodeAgent {
           {
             configDump: () => this.configDump(),
             connections: () => this.connections(),
-            pools: () => this.poolStats(),
+            pools: () => this.allPoolStats(),
             status: () => this.status(),
+            levelChanged: (level) => this.pool?.broadcast({ type: 'logLevel', level }),
           },
           this.log,
         ),
@@ -432,7 +503,11 @@ export class NodeAgent {
         'metrics',
         '0.0.0.0',
         options.metricsPort,
-        metricsHandler(this.metrics.registry),
+        metricsHandler(
+          options.workers > 1
+            ? this.aggregatedMetrics(this.metrics.registry)
+            : this.metrics.registry,
+        ),
       ),
       await listenReusePort(
         'readiness',
@@ -443,9 +518,22 @@ export class NodeAgent {
     );
   }
 
+  /** One exposition for the node: this process's registry summed with every worker's. */
+  private aggregatedMetrics(own: Registry) {
+    return {
+      contentType: own.contentType,
+      metrics: async () => {
+        const workers = (await this.pool?.query('metrics')) ?? [];
+        const all = [await own.getMetricsAsJSON(), ...workers] as object[];
+        return AggregatorRegistry.aggregate(all).metrics();
+      },
+    };
+  }
+
   private notReadyReason(): string | undefined {
     if (this.stopping) return 'draining';
     if (!this.attached) return 'BPF programs not attached yet';
+    if (this.pool && this.pool.serving() === 0) return 'no data-plane worker is serving';
     if (this.certificates) {
       const missing = this.localPods.filter(
         (p) => p.enrolled && !this.certificates!.current(this.identityOf(p.workload)),
@@ -502,22 +590,25 @@ export class NodeAgent {
             value: Date.parse(c.notAfter!) / 1000,
           })),
     );
-    scrapeMetric(
-      registry,
-      {
-        name: 'weft_hbone_pool',
-        help: 'HBONE client pool: live connections, open streams, handshakes done',
-        type: 'gauge',
-        labelNames: ['kind'],
-      },
-      () => {
-        const stats = this.poolStats();
-        return Object.entries(stats.client ?? {}).map(([kind, value]) => ({
-          labels: { kind },
-          value: Number(value),
-        }));
-      },
-    );
+    // With workers, each reports its own pool (summed at scrape).
+    if (this.options.workers === 1) {
+      scrapeMetric(
+        registry,
+        {
+          name: 'weft_hbone_pool',
+          help: 'HBONE client pool: live connections, open streams, handshakes done',
+          type: 'gauge',
+          labelNames: ['kind'],
+        },
+        () => {
+          const stats = this.poolStats();
+          return Object.entries(stats.client ?? {}).map(([kind, value]) => ({
+            labels: { kind },
+            value: Number(value),
+          }));
+        },
+      );
+    }
     scrapeMetric(
       registry,
       {
@@ -544,19 +635,18 @@ export class NodeAgent {
     return this.proxy?.tunnelStats() ?? { client: undefined, server: undefined };
   }
 
-  private connections() {
-    return (this.proxy?.activeFlows() ?? []).map(({ flow, sent, received }) => ({
-      id: flow.id,
-      direction: flow.direction,
-      path: flow.path,
-      src: `${flow.client.ip}:${flow.client.port}`,
-      dst: `${flow.target.ip}:${flow.target.port}`,
-      srcIdentity: flow.sourceIdentity,
-      dstIdentity: flow.destinationIdentity,
-      ageMs: Date.now() - flow.startedAt,
-      bytesSent: sent,
-      bytesReceived: received,
-    }));
+  /** /debug/pools: this process's, or every worker's. */
+  private async allPoolStats(): Promise<unknown> {
+    if (!this.pool) return this.poolStats();
+    return { workers: await this.pool.query('pools') };
+  }
+
+  /** Live connections: this process's (direct flows, with workers) and every worker's. */
+  private async connections(): Promise<ConnectionView[]> {
+    const own = connectionsOf(this.proxy);
+    if (!this.pool) return own;
+    const theirs = (await this.pool.query('connections')) as ConnectionView[][];
+    return [...own, ...theirs.flat()];
   }
 
   private configDump() {
@@ -587,7 +677,7 @@ export class NodeAgent {
     };
   }
 
-  private status(): StatusDump {
+  private async status(): Promise<StatusDump> {
     const certs = new Map((this.certificates?.list() ?? []).map((c) => [c.spiffeId, c]));
     return {
       node: this.options.nodeName,
@@ -618,7 +708,7 @@ export class NodeAgent {
           ready: endpoints.filter((e) => e.ready).length,
         };
       }),
-      connections: this.connections(),
+      connections: await this.connections(),
     };
   }
 
@@ -782,8 +872,6 @@ export class NodeAgent {
 }
 
 const REDIRECTION_ANNOTATION = 'weft.io/redirection';
-/** Slot of each capture listener, in the order start() opens them. */
-const LISTENER_SLOTS = [ListenerSlot.Outbound, ListenerSlot.Inbound, ListenerSlot.Hbone] as const;
 /** How long a replaced process keeps accepting what was queued on its listeners. */
 const HANDOVER_ACCEPT_MS = 1000;
 

@@ -40,6 +40,11 @@ export interface NodeOptions {
   readonly accessLogSample: number;
   /** Let allowed same-node connections through in BPF after their first (the direct path). */
   readonly directSameNode: boolean;
+  /**
+   * Data-plane worker processes. 1: this process relays connections itself. More: it stays
+   * the control plane and forks that many workers, each with its own listener slots.
+   */
+  readonly workers: number;
 }
 
 /** Defaults clear of kube-proxy (0x4000, 0x8000), Calico (0xffff0000) and Cilium (0x0f00). */
@@ -113,4 +118,10 @@ export function parseFraction(flag: string, value: unknown): number {
     throw new CliError(`--${flag}: "${String(value)}" is not a fraction from 0 to 1`);
   }
   return n;
+}
+
+/** `--workers`: a count from 1 to `max`, or `auto` (one per CPU, at most `max`). */
+export function parseWorkers(value: unknown, cpus: number, max: number): number {
+  if (value === 'auto') return Math.max(1, Math.min(cpus, max));
+  return parseNumber('workers', value, 1, max);
 }

@@ -23,7 +23,12 @@ export {
   type TranslateResult,
 } from './translate.js';
 export type { KindTranslator, ObjectMeta } from './kinds/translator.js';
-export { ConfigStore, type ConfigStoreEvents, type ConfigStoreOptions } from './store.js';
+export {
+  ConfigStore,
+  stateObjects,
+  type ConfigStoreEvents,
+  type ConfigStoreOptions,
+} from './store.js';
 export {
   FileSource,
   loadPath,

@@ -276,6 +276,22 @@ export class ConfigStore extends TypedEmitter<ConfigStoreEvents> {
   }
 }
 
+/**
+ * Every object of a state as a source publishes it: another process (a data-plane worker)
+ * rebuilds the same state with `replaceFromSource(id, stateObjects(state))`.
+ */
+export function stateObjects(state: ClusterState): TranslatedObject[] {
+  const maps = stateMaps(state);
+  const out: TranslatedObject[] = [];
+  for (const kind of KINDS) {
+    for (const [key, value] of maps[kind]) {
+      // Each map only holds values of its kind, so the pairing is sound.
+      out.push({ kind, ref: refFromKey(kind, key), value, origin: {} } as TranslatedObject);
+    }
+  }
+  return out;
+}
+
 function stateMaps(s: ClusterState): KindMaps {
   const maps = {} as Record<Kind, ReadonlyMap<string, unknown>>;
   for (const k of KINDS) maps[k] = s[KIND_INFO[k].field] as ReadonlyMap<string, unknown>;

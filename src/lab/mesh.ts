@@ -33,6 +33,8 @@ export interface AccessEntry {
   bytesReceived?: number;
   refused?: string;
   error?: string;
+  /** The data-plane worker that relayed it (with --workers above 1). */
+  worker?: number;
 }
 
 export interface MeshOptions {

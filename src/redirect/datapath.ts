@@ -16,12 +16,14 @@ import { buildDir, libbpf, libc } from '../bpf/ffi.js';
 import { BpfObject } from '../bpf/object.js';
 import {
   MAP_NAMES,
+  MAX_WORKERS,
   PROGRAM_NAME,
+  SLOT_COUNT,
   WEFT_ABI_VERSION,
   openWeftMaps,
-  type ListenerSlot,
   type WeftMaps,
 } from '../bpf/weft-maps.js';
+import { ListenerSlots } from './listener-slots.js';
 import { installLocalDelivery, removeLocalDelivery, type LocalDeliveryRouting } from './routing.js';
 
 export interface DatapathOptions {
@@ -42,6 +44,8 @@ function linkPinPath(bpffsDir: string, iface: Interface): string {
 export class Datapath {
   readonly maps: WeftMaps;
   readonly programFd: number;
+  /** The capture listeners' SOCKMAP slots. */
+  readonly slots: ListenerSlots;
   private readonly attached = new Map<number, Interface>();
 
   private constructor(
@@ -50,6 +54,7 @@ export class Datapath {
   ) {
     this.maps = openWeftMaps(object);
     this.programFd = object.programFd(PROGRAM_NAME);
+    this.slots = ListenerSlots.over(this.maps.listeners.fd);
   }
 
   /** Loads the program, adopting pinned maps, and installs the routing for captured packets. */
@@ -86,7 +91,25 @@ export class Datapath {
       mark: this.options.routing.mark,
       markMask: this.options.routing.mask,
       hbonePort: this.options.hbonePort,
+      // A predecessor's workers keep serving until this process's are in their slots.
+      workers: previous?.workers || 1,
     });
+  }
+
+  /**
+   * Spreads new connections over `count` workers' slots, then empties the slots of workers
+   * beyond them (a predecessor that ran more workers sees its listeners replaced). Call once
+   * every one of those workers has filled its slots.
+   */
+  setWorkerCount(count: number): void {
+    if (!Number.isInteger(count) || count < 1 || count > MAX_WORKERS) {
+      throw new RangeError(`worker count ${count} is outside 1..${MAX_WORKERS}`);
+    }
+    const config = this.maps.config.get(0)!;
+    this.maps.config.set(0, { ...config, workers: count });
+    for (let slot = count * SLOT_COUNT; slot < MAX_WORKERS * SLOT_COUNT; slot++) {
+      this.slots.clear(slot);
+    }
   }
 
   private pinProgram(): void {
@@ -126,18 +149,6 @@ export class Datapath {
       }
     }
     return gone;
-  }
-
-  setListener(slot: ListenerSlot, socketFd: number): void {
-    check(
-      libbpf.mapUpdate(this.maps.listeners.fd, u32(slot), u64(BigInt(socketFd)), 0),
-      `put listener into slot ${slot}`,
-    );
-  }
-
-  /** The cookie of the socket in a listener slot, or undefined when the slot is empty. */
-  listenerCookie(slot: ListenerSlot): bigint | undefined {
-    return this.maps.listeners.get(slot);
   }
 
   /** Whether the program id on `iface` is the one this process loaded. */
@@ -196,12 +207,6 @@ function assertBpffs(dir: string): void {
 function u32(value: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(value);
-  return b;
-}
-
-function u64(value: bigint): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64LE(value);
   return b;
 }
 

@@ -4,7 +4,6 @@
 // process serves on the same ports during a hand-over. They report; they change nothing but
 // the log level.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { Registry } from 'prom-client';
 import { KernelError } from '../bpf/errors.js';
 import { libc, native } from '../bpf/ffi.js';
 import type { Logger } from './logger.js';
@@ -61,16 +60,19 @@ function text(res: ServerResponse, status: number, body: string): void {
   res.end(body);
 }
 
+/** Each answer may be a promise (with data-plane workers, it gathers theirs). */
 export interface AdminProvider {
   configDump(): unknown;
   connections(): unknown;
   pools(): unknown;
   /** What `weft status` shows. */
   status(): unknown;
+  /** Told after /logging changed the level (workers follow it). */
+  levelChanged?(level: string): void;
 }
 
 export function adminHandler(provider: AdminProvider, log: Logger): Handler {
-  return (req, res) => {
+  return async (req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
     switch (url.pathname) {
       case '/':
@@ -80,13 +82,13 @@ export function adminHandler(provider: AdminProvider, log: Logger): Handler {
           'weft admin: /config_dump /logging /debug/connections /debug/pools /debug/status\n',
         );
       case '/config_dump':
-        return json(res, 200, provider.configDump());
+        return json(res, 200, await provider.configDump());
       case '/debug/connections':
-        return json(res, 200, provider.connections());
+        return json(res, 200, await provider.connections());
       case '/debug/pools':
-        return json(res, 200, provider.pools());
+        return json(res, 200, await provider.pools());
       case '/debug/status':
-        return json(res, 200, provider.status());
+        return json(res, 200, await provider.status());
       case '/logging': {
         const level = url.searchParams.get('level');
         if (req.method === 'POST' || level) {
@@ -95,6 +97,7 @@ export function adminHandler(provider: AdminProvider, log: Logger): Handler {
           }
           const previous = log.level;
           log.level = level;
+          provider.levelChanged?.(level);
           log.info({ previous, level }, 'log level changed');
         }
         return json(res, 200, { level: log.level });
@@ -105,7 +108,13 @@ export function adminHandler(provider: AdminProvider, log: Logger): Handler {
   };
 }
 
-export function metricsHandler(registry: Registry): Handler {
+/** A prom-client Registry, or the control plane's sum over its workers' registries. */
+export interface MetricsSource {
+  readonly contentType: string;
+  metrics(): Promise<string>;
+}
+
+export function metricsHandler(registry: MetricsSource): Handler {
   return async (req, res) => {
     const path = new URL(req.url ?? '/', 'http://localhost').pathname;
     if (path !== '/metrics' && path !== '/stats/prometheus') return text(res, 404, 'not found\n');
