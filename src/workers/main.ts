@@ -190,7 +190,7 @@ class Worker {
   private directPathControl(): DirectPathControl {
     return {
       allow: (verdict) => {
-        send({ type: 'allow', generation: this.generation, verdict });
+        void send({ type: 'allow', generation: this.generation, verdict });
         return true;
       },
       clearVerdicts: () => 0,
