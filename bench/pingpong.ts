@@ -11,6 +11,12 @@
 //       `count` sequential connections: connect, send `size` bytes, read them back, close
 //       (FIN, wait for the server's FIN); prints one JSON line with connections/s and
 //       per-connection time percentiles in µs.
+//   node pingpong.js hold --host H --port P [--count 1000] [--parallel 50] [--timeout-ms 60000]
+//                         [--hold-ms 120000]
+//       Opens `count` connections (at most `parallel` opening at once); each sends one byte and
+//       waits for its echo, so it is open end to end. Then prints one JSON line
+//       ({"kind":"hold","ok":true,"open":N,...}) and holds them until SIGTERM/SIGINT or
+//       `hold-ms`, then closes them all and exits. On any failure it prints ok:false and exits 1.
 
 import net from 'node:net';
 import { parseArgs } from 'node:util';
@@ -239,6 +245,100 @@ async function connectRate(
   };
 }
 
+export interface HoldResult {
+  kind: 'hold';
+  ok: boolean;
+  open: number;
+  count: number;
+  elapsedMs: number;
+  error?: string;
+}
+
+/** Opens one connection and waits for the echo of one byte; resolves with it or an error. */
+function openEchoed(host: string, port: number, timeoutMs: number) {
+  return new Promise<{ sock: net.Socket } | { error: string }>((resolve) => {
+    let settled = false;
+    const sock = net.connect({ host, port, noDelay: true });
+    const finish = (r: { sock: net.Socket } | { error: string }) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      sock.removeAllListeners('data');
+      if ('error' in r) sock.destroy();
+      resolve(r);
+    };
+    const timer = setTimeout(() => finish({ error: `timeout after ${timeoutMs} ms` }), timeoutMs);
+    sock.on('connect', () => sock.write('h'));
+    sock.once('data', () => finish({ sock }));
+    sock.on('error', (e: NodeJS.ErrnoException) =>
+      finish({ error: `socket: ${e.code ?? e.message}` }),
+    );
+    sock.on('close', () => finish({ error: 'closed before the echo' }));
+  });
+}
+
+/** Opens and holds `count` echoed connections; see the header. */
+async function hold(
+  host: string,
+  port: number,
+  count: number,
+  parallel: number,
+  timeoutMs: number,
+  holdMs: number,
+): Promise<HoldResult> {
+  const socks: net.Socket[] = [];
+  const start = performance.now();
+  const deadline = start + timeoutMs;
+  let next = 0;
+  let error: string | undefined;
+  let closing = false;
+  const worker = async () => {
+    while (next < count && !error) {
+      next++;
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        error = `overall timeout after ${timeoutMs} ms (${socks.length}/${count} open)`;
+        return;
+      }
+      const r = await openEchoed(host, port, Math.min(10_000, left));
+      if ('error' in r) {
+        error ??= `connection ${socks.length + 1}: ${r.error}`;
+        return;
+      }
+      socks.push(r.sock);
+      // A connection the far end closes while held is a failure of the figure: report it.
+      r.sock.on('close', () => {
+        if (!closing) process.stderr.write(`pingpong hold: a held connection closed early\n`);
+      });
+      r.sock.on('error', () => {});
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, count) }, () => worker()));
+  const result: HoldResult = {
+    kind: 'hold',
+    ok: !error && socks.length === count,
+    open: socks.length,
+    count,
+    elapsedMs: round1(performance.now() - start),
+    ...(error ? { error } : {}),
+  };
+  process.stdout.write(JSON.stringify(result) + '\n');
+  if (result.ok) {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, holdMs);
+      const stop = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      process.once('SIGTERM', stop);
+      process.once('SIGINT', stop);
+    });
+  }
+  closing = true;
+  for (const s of socks) s.destroy();
+  return result;
+}
+
 async function main(): Promise<void> {
   const [cmd, ...rest] = process.argv.slice(2);
   const { values } = parseArgs({
@@ -250,6 +350,8 @@ async function main(): Promise<void> {
       count: { type: 'string' },
       warmup: { type: 'string' },
       'timeout-ms': { type: 'string' },
+      parallel: { type: 'string' },
+      'hold-ms': { type: 'string' },
     },
   });
   const port = intArg('port', values.port, 0, 1, 65535);
@@ -261,6 +363,14 @@ async function main(): Promise<void> {
   const host = values.host ?? fail('--host is required');
   const size = intArg('size', values.size, 64, 1, MAX_SIZE);
   const timeoutMs = intArg('timeout-ms', values['timeout-ms'], 30_000, 1, 600_000);
+  if (cmd === 'hold') {
+    const count = intArg('count', values.count, 1000, 1, 100_000);
+    const parallel = intArg('parallel', values.parallel, 50, 1, 1000);
+    const holdMs = intArg('hold-ms', values['hold-ms'], 120_000, 0, 600_000);
+    const r = await hold(host, port, count, parallel, timeoutMs, holdMs);
+    // Exit explicitly: destroyed sockets may still hold the loop briefly.
+    process.exit(r.ok ? 0 : 1);
+  }
   let result: RttResult | ConnectRateResult;
   if (cmd === 'rtt') {
     const count = intArg('count', values.count, 2000, 1, MAX_COUNT);
@@ -270,7 +380,7 @@ async function main(): Promise<void> {
     const count = intArg('count', values.count, 500, 1, MAX_COUNT);
     result = await connectRate(host, port, size, count, timeoutMs);
   } else {
-    fail(`unknown command ${JSON.stringify(cmd)}: want server, rtt or connect`);
+    fail(`unknown command ${JSON.stringify(cmd)}: want server, rtt, connect or hold`);
   }
   process.stdout.write(JSON.stringify(result) + '\n');
   process.exitCode = result.ok ? 0 : 1;

@@ -18,6 +18,11 @@ command -v tcpdump >/dev/null || need+=(tcpdump)
 command -v tshark >/dev/null || need+=(tshark)
 [ -e /usr/lib/python3/dist-packages/h2 ] || need+=(python3-h2)
 command -v iperf3 >/dev/null || need+=(iperf3)
+# The side-by-side benchmark (bench/crossnode.ts): peers, latency tool, their keys.
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v stunnel4 >/dev/null || need+=(stunnel4)
+command -v sockperf >/dev/null || need+=(sockperf)
+command -v openssl >/dev/null || need+=(openssl)
 command -v iptables >/dev/null || need+=(iptables)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}"
