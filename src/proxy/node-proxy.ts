@@ -589,7 +589,6 @@ export class NodeProxy {
         error: result.error,
       }),
     );
-    downstream.resume();
   }
 
   private refuseUnopened(
