@@ -622,7 +622,6 @@ export class NodeProxy {
         error: result.error,
       }),
     );
-    downstream.resume();
   }
 
   private refuseUnopened(

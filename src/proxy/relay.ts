@@ -1,6 +1,7 @@
 // Relaying bytes between two connected sockets in both directions, keeping half-closes
 // (one side's FIN becomes the other side's FIN) and reporting bytes each way.
 import type { Socket } from 'node:net';
+import { readSocket } from './socket-reader.js';
 
 export interface RelayResult {
   /** Bytes the downstream (client side) sent, delivered upstream. */
@@ -32,8 +33,17 @@ export function relay(downstream: Socket, upstream: Socket): Promise<RelayResult
     upstream.on('error', onError);
     downstream.once('close', onClose);
     upstream.once('close', onClose);
-    downstream.pipe(upstream);
-    upstream.pipe(downstream);
+    pump(downstream, upstream);
+    pump(upstream, downstream);
     // Each socket is destroyed by Node once it has both received and sent FIN (autoDestroy).
+  });
+}
+
+/** One direction: `from`'s bytes to `to`, and its FIN after them. */
+function pump(from: Socket, to: Socket): void {
+  from.once('end', () => to.end());
+  readSocket(from, (chunk, release) => {
+    if (to.destroyed) release();
+    else to.write(chunk, release);
   });
 }

@@ -83,7 +83,10 @@ interface Slot {
   dead: boolean;
   connection?: HboneClientConnection;
   readonly ready: Promise<HboneClientConnection>;
+  /** Armed while the slot may be idle; re-armed lazily (see release). */
   idleTimer?: NodeJS.Timeout;
+  /** When the last stream ended; undefined while streams are open. */
+  idleSince?: number;
 }
 
 export class HbonePool {
@@ -186,8 +189,7 @@ export class HbonePool {
       if (slot.dead || slot.streams >= this.limit(slot)) continue;
       if (slot.connection && !slot.connection.usable) continue;
       slot.streams++;
-      clearTimeout(slot.idleTimer);
-      slot.idleTimer = undefined;
+      slot.idleSince = undefined;
       return slot;
     }
     const slot: Slot = {
@@ -275,13 +277,25 @@ export class HbonePool {
       slot.connection?.close();
       return;
     }
-    clearTimeout(slot.idleTimer);
+    slot.idleSince = Date.now();
+    // One timer per idle period, re-armed on expiry for what is left of it, instead of a
+    // clearTimeout + setTimeout for every stream (one per proxied connection).
+    if (!slot.idleTimer) this.armIdle(slot, this.options.idleTimeoutMs);
+  }
+
+  private armIdle(slot: Slot, ms: number): void {
     slot.idleTimer = setTimeout(() => {
-      if (slot.streams > 0) return;
+      slot.idleTimer = undefined;
+      if (slot.dead || slot.streams > 0 || slot.idleSince === undefined) return;
+      const left = slot.idleSince + this.options.idleTimeoutMs - Date.now();
+      if (left > 0) {
+        this.armIdle(slot, left);
+        return;
+      }
       this.logger.debug({ key: slot.key }, 'hbone connection idle, closing');
       this.retire(slot);
       slot.connection?.close();
-    }, this.options.idleTimeoutMs);
+    }, ms);
     slot.idleTimer.unref();
   }
 

@@ -5,6 +5,7 @@
 import type { Socket } from 'node:net';
 import type { Http2Stream } from 'node:http2';
 import { H2_CONNECT_ERROR, H2_NO_ERROR } from './protocol.js';
+import { readSocket, type SocketReader } from '../socket-reader.js';
 
 export interface StreamRelayResult {
   /** Bytes read from the HTTP/2 stream and written to the socket. */
@@ -24,15 +25,14 @@ export interface StreamRelayResult {
 export function relayStream(stream: Http2Stream, socket: Socket): Promise<StreamRelayResult> {
   return new Promise((resolve) => {
     let fromStream = 0;
-    let fromSocket = 0;
     let error: string | undefined;
     let open = 2;
+    // Replaced below, once every listener is in place; 'close' never comes synchronously.
+    let reader: SocketReader = { bytes: 0 };
     const done = () => {
       if (--open > 0) return;
-      resolve({ fromStream, fromSocket, error });
+      resolve({ fromStream, fromSocket: reader.bytes, error });
     };
-    stream.on('data', (chunk: Buffer) => (fromStream += chunk.length));
-    socket.on('data', (chunk: Buffer) => (fromSocket += chunk.length));
     socket.on('error', (e: NodeJS.ErrnoException) => {
       error ??= `socket: ${e.code ?? e.message}`;
       if (!stream.closed && !stream.destroyed) stream.close(H2_CONNECT_ERROR);
@@ -60,16 +60,45 @@ export function relayStream(stream: Http2Stream, socket: Socket): Promise<Stream
       }
       done();
     });
+
+    // Stream -> socket. The DATA frames of one TLS record arrive as several 'data' events
+    // in one tick; corking until the next tick gives the kernel one writev, not one send
+    // per frame.
+    let corked = false;
+    const uncork = () => {
+      corked = false;
+      socket.uncork();
+    };
+    stream.on('data', (chunk: Buffer) => {
+      fromStream += chunk.length;
+      if (!corked && !socket.destroyed) {
+        corked = true;
+        socket.cork();
+        process.nextTick(uncork);
+      }
+      if (!socket.write(chunk)) stream.pause();
+    });
+    socket.on('drain', () => stream.resume());
+    // The server pauses the stream until its 200 is sent; a 'data' listener alone does not
+    // undo an explicit pause().
+    stream.resume();
     // Node quirk: an Http2Stream emits 'end' for a received RST_STREAM too (rstCode still 0
-    // at that point, 'aborted' follows), so a piped end() would turn a reset into a FIN.
-    // Forward END_STREAM as FIN only once it is clear the stream was not aborted.
-    stream.pipe(socket, { end: false });
+    // at that point, 'aborted' follows), so ending the socket on 'end' would turn a reset
+    // into a FIN. Forward END_STREAM as FIN only once it is clear the stream was not aborted.
     stream.once('end', () =>
       setImmediate(() => {
         if (!stream.aborted && (stream.rstCode ?? H2_NO_ERROR) === H2_NO_ERROR) socket.end();
       }),
     );
-    socket.pipe(stream);
+
+    // Socket -> stream: a FIN ends the stream (END_STREAM) once the data before it is queued.
+    socket.once('end', () => {
+      if (!stream.destroyed) stream.end();
+    });
+    reader = readSocket(socket, (chunk, release) => {
+      if (stream.destroyed) release();
+      else stream.write(chunk, release);
+    });
   });
 }
 

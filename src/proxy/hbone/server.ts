@@ -301,17 +301,26 @@ export class HboneServer {
     session.setLocalWindowSize(CONNECTION_WINDOW_BYTES);
     this.logger.debug({ peerIdentity, tunnelSource, tunnelDestination }, 'hbone connection');
 
+    // One lazily re-armed timer rather than a clearTimeout + setTimeout per stream (a pooled
+    // tunnel carries one stream per proxied connection). On expiry it re-arms for what is
+    // left of the idle period if streams came and went meanwhile.
     let idleTimer: NodeJS.Timeout | undefined;
-    const armIdle = (ms: number) => {
-      clearTimeout(idleTimer);
-      idleTimer = setTimeout(() => {
-        this.logger.debug({ peerIdentity, tunnelSource }, 'hbone connection idle, closing');
-        session.close();
-        // A peer that ignores the GOAWAY and keeps no stream open is cut after a grace time.
-        setTimeout(() => session.destroy(), 5000).unref();
-      }, ms);
+    let idleSince: number | undefined = Date.now();
+    let idleLimitMs = this.timeouts.firstStreamMs;
+    const onIdleTimer = () => {
+      idleTimer = undefined;
+      if (idleSince === undefined || session.closed) return;
+      const left = idleSince + idleLimitMs - Date.now();
+      if (left > 0) {
+        idleTimer = setTimeout(onIdleTimer, left);
+        return;
+      }
+      this.logger.debug({ peerIdentity, tunnelSource }, 'hbone connection idle, closing');
+      session.close();
+      // A peer that ignores the GOAWAY and keeps no stream open is cut after a grace time.
+      setTimeout(() => session.destroy(), 5000).unref();
     };
-    armIdle(this.timeouts.firstStreamMs);
+    idleTimer = setTimeout(onIdleTimer, idleLimitMs);
     const stopPing = keepAlive(session, this.timeouts, () => {
       this.logger.debug({ peerIdentity, tunnelSource }, 'hbone ping timeout');
     });
@@ -333,11 +342,14 @@ export class HboneServer {
       connection.streams++;
       this.counters.streams++;
       this.counters.requests++;
-      clearTimeout(idleTimer);
+      idleSince = undefined;
+      idleLimitMs = this.timeouts.idleMs;
       stream.once('close', () => {
         connection.streams--;
         this.counters.streams--;
-        if (connection.streams === 0 && !session.closed) armIdle(this.timeouts.idleMs);
+        if (connection.streams > 0 || session.closed) return;
+        idleSince = Date.now();
+        idleTimer ??= setTimeout(onIdleTimer, idleLimitMs);
       });
       this.serveStream(stream, headers, peerIdentity, tunnelSource, tunnelDestination);
     });
@@ -377,7 +389,7 @@ export class HboneServer {
         reason,
         durationMs: Date.now() - startedAt,
       };
-      this.logger.debug({ ...record }, 'hbone stream closed');
+      this.logger.debug(record, 'hbone stream closed');
       this.options.observer?.onStreamClosed?.(record);
     };
     const refuse = (status: 400 | 401 | 503, reason: string, target?: Endpoint) => {
