@@ -639,6 +639,194 @@ test('store: indices, generations and diffs', async (t) => {
   t.is(store.workload('shop', 'c')?.ip, '10.0.0.42');
 });
 
+/**
+ * The store as it was before it went incremental: every publish merged every source from
+ * scratch (first source wins), sorted by object key, and diffed against the previous state.
+ * The property test below holds the store to it.
+ */
+function mergeFromScratch(
+  sources: ReadonlyMap<string, readonly TranslatedObject[]>,
+  prev: ReadonlyMap<string, ReadonlyMap<string, unknown>>,
+): { maps: Map<string, Map<string, unknown>>; diff: Record<string, string[][]> } {
+  const merged = new Map<string, TranslatedObject>();
+  for (const objects of sources.values()) {
+    for (const o of objects) {
+      const key = `${o.kind}/${o.ref.namespace ?? ''}/${o.ref.name}`;
+      if (!merged.has(key)) merged.set(key, o);
+    }
+  }
+  const objectKey = (o: TranslatedObject) =>
+    o.ref.namespace === undefined ? o.ref.name : `${o.ref.namespace}/${o.ref.name}`;
+  const sorted = [...merged.values()].sort((a, b) =>
+    objectKey(a) < objectKey(b) ? -1 : objectKey(a) > objectKey(b) ? 1 : 0,
+  );
+  const maps = new Map<string, Map<string, unknown>>();
+  const diff: Record<string, string[][]> = {};
+  for (const k of ['Pod', 'Namespace', 'Service']) {
+    maps.set(k, new Map());
+    diff[k] = [[], [], []];
+  }
+  for (const o of sorted) {
+    const key = objectKey(o);
+    const old = prev.get(o.kind)?.get(key);
+    let value: unknown = o.value;
+    if (old === undefined) diff[o.kind]![0]!.push(key);
+    else if (JSON.stringify(old) !== JSON.stringify(o.value)) diff[o.kind]![1]!.push(key);
+    else value = old;
+    maps.get(o.kind)!.set(key, value);
+  }
+  for (const [k, m] of prev) {
+    for (const key of m.keys()) if (!maps.get(k)!.has(key)) diff[k]![2]!.push(key);
+  }
+  return { maps, diff };
+}
+
+test('store: publishing incrementally gives what a merge from scratch gives', (t) => {
+  // A seeded PRNG (mulberry32), so a failure can be replayed.
+  let seed = 20261127;
+  const random = () => {
+    seed = (seed + 0x6d2b79f5) >>> 0;
+    let x = seed;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!;
+  const names = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'];
+  const nss = ['ns1', 'ns2', 'ns3'];
+  const make = (kind: string, ns: string, name: string, variant: number): TranslatedObject => {
+    const origin = { source: 'test', line: variant };
+    if (kind === 'Namespace')
+      return {
+        kind: 'Namespace',
+        ref: { kind, name },
+        value: { name, labels: { v: String(variant) }, annotations: {} },
+        origin,
+      };
+    if (kind === 'Service')
+      return {
+        kind: 'Service',
+        ref: { kind, namespace: ns, name },
+        value: {
+          name,
+          namespace: ns,
+          labels: {},
+          annotations: {},
+          clusterIPs: [`10.96.0.${variant}`],
+          ports: [],
+          internalTrafficPolicy: 'Cluster',
+          loadBalancing: 'p2c',
+        },
+        origin,
+      };
+    const ip = `10.0.${nss.indexOf(ns)}.${names.indexOf(name) * 4 + variant}`;
+    return {
+      kind: 'Pod',
+      ref: { kind, namespace: ns, name },
+      value: {
+        uid: `${ns}/${name}`,
+        name,
+        namespace: ns,
+        nodeName: `node-${variant}`,
+        serviceAccount: 'default',
+        ip,
+        ips: [ip],
+        labels: {},
+        annotations: {},
+        hostNetwork: false,
+        phase: 'Running',
+      },
+      origin,
+    };
+  };
+  const store = new ConfigStore({ logger: pinoLogger });
+  const published = new Map<string, TranslatedObject[]>();
+  const sourceOrder: string[] = [];
+  let events = 0;
+  let lastDiff: ClusterDiff | undefined;
+  store.on('change', (_s, diff) => {
+    events++;
+    lastDiff = diff;
+  });
+  for (let step = 0; step < 400; step++) {
+    const before = store.state;
+    const prevMaps = new Map<string, ReadonlyMap<string, unknown>>([
+      ['Pod', before.workloads],
+      ['Namespace', before.namespaces],
+      ['Service', before.services],
+    ]);
+    const sourceId = pick(['s1', 's2', 's3']);
+    let diff: ClusterDiff;
+    if (random() < 0.08) {
+      published.delete(sourceId);
+      if (sourceOrder.includes(sourceId)) sourceOrder.splice(sourceOrder.indexOf(sourceId), 1);
+      diff = store.removeSource(sourceId);
+    } else {
+      if (!sourceOrder.includes(sourceId)) sourceOrder.push(sourceId);
+      const old = published.get(sourceId) ?? [];
+      const next: TranslatedObject[] = [];
+      for (const o of old) {
+        const r = random();
+        if (r < 0.1) continue; // removed
+        if (r < 0.2)
+          next.push(make(o.kind, o.ref.namespace ?? '', o.ref.name, 0)); // changed maybe
+        else if (r < 0.3) next.push(make(o.kind, o.ref.namespace ?? '', o.ref.name, 1));
+        else next.push(o); // the very same object
+      }
+      const adds = Math.floor(random() * 4);
+      for (let i = 0; i < adds; i++)
+        next.push(make(pick(['Pod', 'Pod', 'Service', 'Namespace']), pick(nss), pick(names), 2));
+      if (random() < 0.3) next.reverse(); // publication order is not key order
+      published.set(sourceId, next);
+      diff = store.replaceFromSource(sourceId, next);
+    }
+    // The reference sees sources in first-publication order, as the store does.
+    const order = new Map(sourceOrder.map((id) => [id, published.get(id)!]));
+    const want = mergeFromScratch(order, prevMaps);
+    const state = store.state;
+    const have = new Map<string, ReadonlyMap<string, unknown>>([
+      ['Pod', state.workloads],
+      ['Namespace', state.namespaces],
+      ['Service', state.services],
+    ]);
+    for (const k of ['Pod', 'Namespace', 'Service']) {
+      t.deepEqual(
+        [...have.get(k)!.keys()],
+        [...want.maps.get(k)!.keys()],
+        `step ${step} ${k} keys`,
+      );
+      for (const [key, value] of want.maps.get(k)!) {
+        const got = have.get(k)!.get(key);
+        t.deepEqual(got, value, `step ${step} ${k} ${key}`);
+        if (value === prevMaps.get(k)!.get(key)) t.is(got, value, `step ${step}: identity kept`);
+      }
+      const d = diff[k as 'Pod'];
+      const keyOf = (r: { namespace?: string; name: string }) =>
+        r.namespace === undefined ? r.name : `${r.namespace}/${r.name}`;
+      t.deepEqual(
+        [d.added.map(keyOf), d.updated.map(keyOf), d.removed.map(keyOf)],
+        want.diff[k]!,
+        `step ${step} ${k} diff`,
+      );
+    }
+    const changed = Object.values(want.diff).some((lists) => lists.some((l) => l.length > 0));
+    t.is(state === before, !changed, `step ${step}: a new state exactly when something changed`);
+    if (changed) t.is(lastDiff, diff);
+    for (const ref of [...published.values()].flat().map((o) => o.ref)) {
+      const owner = [...order].find(([, objs]) =>
+        objs.some((o) => o.ref.kind === ref.kind && keyEq(o.ref, ref)),
+      );
+      const winner = owner![1].find((o) => o.ref.kind === ref.kind && keyEq(o.ref, ref))!;
+      t.is(store.origin(ref), winner.origin, `step ${step}: origin of the winner`);
+    }
+  }
+  t.true(events > 100);
+});
+
+function keyEq(a: { namespace?: string; name: string }, b: { namespace?: string; name: string }) {
+  return a.namespace === b.namespace && a.name === b.name;
+}
+
 test('store: a throwing listener does not stop the others', (t) => {
   const errors: unknown[] = [];
   const logger: Logger = { ...silentLogger, error: (o) => errors.push(o) };
@@ -676,7 +864,7 @@ interface Harness {
 async function startSource(
   t: ExecutionContext,
   files: Record<string, string>,
-  opts: { debounceMs?: number; pollIntervalMs?: number } = {},
+  opts: { debounceMs?: number; pollIntervalMs?: number; racyMs?: number } = {},
 ): Promise<Harness> {
   const dir = await tempDir(t);
   for (const [name, text] of Object.entries(files)) await write(dir, name, text);
@@ -687,6 +875,7 @@ async function startSource(
     logger: pinoLogger,
     debounceMs: opts.debounceMs ?? 50,
     pollIntervalMs: opts.pollIntervalMs ?? 250,
+    ...(opts.racyMs !== undefined && { racyMs: opts.racyMs }),
   });
   const errors: string[][] = [];
   source.on('errors', (errs) => errors.push(texts(errs)));
@@ -790,6 +979,57 @@ test('hot reload: removing an object or a file removes its objects', async (t) =
   await waitFor('three removed', () => h.store.workload('default', 'three') === undefined);
   t.deepEqual(removed, ['two', 'three']);
   t.deepEqual([...h.store.state.workloads.keys()], ['default/one']);
+});
+
+test('hot reload: only the files that changed are read again; reload() reads them all', async (t) => {
+  const h = await startSource(
+    t,
+    { 'a.yaml': pod('one', '10.0.0.1'), 'b.yaml': pod('two', '10.0.0.2') },
+    { racyMs: 0 },
+  );
+  const a = join(h.dir, 'a.yaml');
+  const b = join(h.dir, 'b.yaml');
+  t.deepEqual(h.source.lastReport?.read, [a, b]);
+  const objectOf = (name: string) => h.source.lastReport?.objects.find((o) => o.ref.name === name);
+  const one = objectOf('one');
+  t.truthy(one);
+  await write(h.dir, 'b.yaml', pod('two', '10.0.0.9'));
+  await waitFor('the edit', () => h.store.workload('default', 'two')?.ip === '10.0.0.9');
+  t.deepEqual(h.source.lastReport?.read, [b]);
+  t.deepEqual(h.source.lastReport?.parsed, [b]);
+  t.is(objectOf('one'), one, 'a.yaml was not read again: the very same object');
+  t.is<unknown, unknown>(h.store.state.workloads.get('default/one'), one!.value);
+  t.is(await h.source.check(), undefined, 'nothing changed since');
+
+  const generation = h.store.generation;
+  const report = await h.source.reload();
+  t.deepEqual(report?.parsed, [a, b], 'reload() reads and parses every file');
+  t.not(objectOf('one'), one);
+  t.deepEqual(objectOf('one'), one);
+  t.is(h.store.generation, generation, 'and changes nothing');
+});
+
+test('hot reload: a file changed just before it was read is read again, parsed only if its text changed', async (t) => {
+  // With the default window, files written by this test are all too fresh to be trusted: a
+  // change within their timestamps' granularity would not show in their stamp.
+  const h = await startSource(t, {
+    'a.yaml': pod('one', '10.0.0.1'),
+    'b.yaml': pod('two', '10.0.0.2'),
+  });
+  const a = join(h.dir, 'a.yaml');
+  const b = join(h.dir, 'b.yaml');
+  const objectOf = (name: string) => h.source.lastReport?.objects.find((o) => o.ref.name === name);
+  const one = objectOf('one');
+  await write(h.dir, 'b.yaml', pod('two', '10.0.0.9'));
+  await waitFor('the edit', () => h.store.workload('default', 'two')?.ip === '10.0.0.9');
+  t.deepEqual(h.source.lastReport?.read, [a, b], 'a.yaml was read again');
+  t.deepEqual(h.source.lastReport?.parsed, [b], 'its text had not changed');
+  t.is(objectOf('one'), one);
+
+  await write(h.dir, 'a.yaml', pod('one', '10.0.0.5'));
+  await waitFor('the second edit', () => h.store.workload('default', 'one')?.ip === '10.0.0.5');
+  t.deepEqual(h.source.lastReport?.parsed, [a]);
+  t.deepEqual(h.source.lastReport?.read, [a, b]);
 });
 
 test('start() resolves with the initial errors; stop() ends reloads', async (t) => {

@@ -550,13 +550,16 @@ test('connectWithRetry stops when fewer endpoints than attempts exist', async (t
 
 test('retain drops state of removed services; removed endpoints leave round-robin state', (t) => {
   const b = new Balancer();
+  t.false(b.hasServiceState);
   const eps = [te('10.0.0.1'), te('10.0.0.2'), te('10.0.0.3')];
   for (const svc of ['a', 'b', 'c']) b.pick(svc, eps, undefined, 'round-robin');
   t.like(b.stats(), { roundRobinServices: 3, roundRobinEntries: 9 });
+  t.true(b.hasServiceState);
   b.retain(['a', 'zzz']);
   t.like(b.stats(), { roundRobinServices: 1, roundRobinEntries: 3 });
   b.retain(new Set());
   t.like(b.stats(), { roundRobinServices: 0, roundRobinEntries: 0 });
+  t.false(b.hasServiceState);
 
   // Endpoint churn within one service: entries follow the live endpoints.
   for (let gen = 0; gen < 100; gen++) {

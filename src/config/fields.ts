@@ -1,11 +1,13 @@
 // config/fields.ts: typed, error-collecting access to the fields of one raw Kubernetes
 // object, and the shared validators (DNS-1123 names, IP addresses and CIDRs, ports, the
-// dataplane-mode annotation). Translators in kinds/ use it; it must not log, keep state across objects, or
-// touch the kernel or the network.
+// dataplane-mode annotation). Translators in kinds/ use it; it must not log, keep state across
+// objects (beyond strings.ts's table of shared strings), or touch the kernel or the network.
+// The strings it returns are strings.ts's own copies, never slices of the raw text.
 
 import { isIP, isIPv4 } from 'node:net';
 import type { FieldPath } from './errors.js';
 import { ANNOTATION_DATAPLANE_MODE, DATAPLANE_MODES } from './model.js';
+import { ownString } from './strings.js';
 
 export type RawObject = Readonly<Record<string, unknown>>;
 
@@ -91,7 +93,7 @@ export class FieldReader {
       this.fail(path, 'must not be empty');
       return undefined;
     }
-    return v;
+    return ownString(v);
   }
 
   boolean(path: FieldPath): boolean | undefined {
@@ -184,7 +186,7 @@ export class FieldReader {
       }
       const problem = item === '' ? 'must not be empty' : check?.(item);
       if (problem !== undefined) this.fail(at, problem);
-      else out.push(item);
+      else out.push(ownString(item));
     });
     return Object.freeze(out);
   }
@@ -219,7 +221,7 @@ export class FieldReader {
         this.fail([...path, k], `value must be a string, got ${describe(val)} (quote it)`);
         continue;
       }
-      out[k] = val;
+      out[k] = ownString(val);
     }
     return Object.freeze(out);
   }

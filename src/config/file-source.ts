@@ -1,16 +1,25 @@
 // config/file-source.ts: the file source. Reads a YAML/JSON file or a directory of them (a
 // directory of manifests is a cluster), translates every object, keeps the last good state
 // when an edit is invalid, watches for changes (fs.watch, debounced, plus an mtime poll) and
-// publishes to a ConfigStore. Errors go to the 'errors' event (or the logger when nobody
-// listens). It must not exit the process, create a logger, or touch the kernel or the network.
+// publishes to a ConfigStore. A reload reads again only the files whose inode, size or times
+// changed (YAML parsing dominates the cost of a load: a 10,000-pod cluster takes seconds).
+// Errors go to the 'errors' event (or the logger when nobody listens). It must not exit the
+// process, create a logger, or touch the kernel or the network.
 
-import { watch, type FSWatcher } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { statSync, watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
 import { TypedEmitter } from './emitter.js';
 import { ConfigError } from './errors.js';
 import type { Logger } from './logger.js';
-import { refKey, type ClusterDiff, type ObjectRef, type TranslatedObject } from './model.js';
+import {
+  keysOf,
+  refKey,
+  type ClusterDiff,
+  type ObjectRef,
+  type TranslatedObject,
+} from './model.js';
 import { parseManifests } from './parse.js';
 import { emptyTranslateResult, translateDocument, type TranslateResult } from './translate.js';
 import type { ConfigStore } from './store.js';
@@ -50,6 +59,13 @@ export interface LoadReport extends LoadResult {
   readonly generation: number;
   /** What publishing changed in the store. */
   readonly diff: ClusterDiff;
+  /**
+   * Files this load read (sorted); the others had not changed since they were last read, and
+   * their objects are the previous load's.
+   */
+  readonly read: readonly string[];
+  /** Of those, the files parsed: a file read again with the text it had is not. */
+  readonly parsed: readonly string[];
 }
 
 export interface FileSourceEvents {
@@ -70,6 +86,11 @@ export interface FileSourceOptions {
   readonly debounceMs?: number;
   /** mtime poll, the fallback for lost watch events. Default 2000 ms; 0 disables. */
   readonly pollIntervalMs?: number;
+  /**
+   * A file whose ctime is less than this before the moment it was read is read again on the
+   * next load even if its stamp did not change. Default DEFAULT_RACY_MS; tests lower it.
+   */
+  readonly racyMs?: number;
 }
 
 /**
@@ -78,6 +99,11 @@ export interface FileSourceOptions {
  * the files is removed; a file that cannot be parsed (or read) keeps every object it last
  * provided; so does a file holding an invalid object that cannot be identified (no kind or no
  * valid name), since there is no telling which earlier object it was.
+ *
+ * A load triggered by the watch or the poll (or check()) reads again only the files whose
+ * inode, size, mtime or ctime changed, plus those changed just before their last read (see
+ * DEFAULT_RACY_MS); the other files' objects are the very objects of the previous load. A
+ * forced load (start(), reload()) reads every file.
  */
 export class FileSource extends TypedEmitter<FileSourceEvents> {
   readonly path: string;
@@ -86,9 +112,12 @@ export class FileSource extends TypedEmitter<FileSourceEvents> {
   private readonly logger: Logger;
   private readonly debounceMs: number;
   private readonly pollIntervalMs: number;
+  private readonly racyMs: number;
 
   private lastGood: ReadonlyMap<string, TranslatedObject> | undefined;
   private lastFingerprint: string | undefined;
+  /** What each file held at the last load, by path, for files that cannot have changed since. */
+  private files: FileCache = new Map();
   private report: LoadReport | undefined;
   private watcher: FSWatcher | undefined;
   private watchedDir: string | undefined;
@@ -109,6 +138,7 @@ export class FileSource extends TypedEmitter<FileSourceEvents> {
     this.logger = options.logger;
     this.debounceMs = options.debounceMs ?? 100;
     this.pollIntervalMs = options.pollIntervalMs ?? 2000;
+    this.racyMs = options.racyMs ?? DEFAULT_RACY_MS;
   }
 
   /** The most recent load, if any. */
@@ -134,9 +164,20 @@ export class FileSource extends TypedEmitter<FileSourceEvents> {
     return report;
   }
 
-  /** Reloads now, even if nothing seems to have changed. Undefined once stopped. */
+  /**
+   * Reloads now, reading every file again, even if nothing seems to have changed. Undefined
+   * once stopped.
+   */
   reload(): Promise<LoadReport | undefined> {
     return this.enqueue(true);
+  }
+
+  /**
+   * Checks for changes now, as the poll does: loads (re-reading only the changed files) when
+   * something changed. Undefined when nothing did, or once stopped.
+   */
+  check(): Promise<LoadReport | undefined> {
+    return this.enqueue(false);
   }
 
   /** Stops watching and polling; waits for a load in progress. Publishes nothing after. */
@@ -176,15 +217,35 @@ export class FileSource extends TypedEmitter<FileSourceEvents> {
     const fingerprint = scan.kind === 'ok' ? scan.fingerprint : `error:${scan.error.message}`;
     if (!force && fingerprint === this.lastFingerprint) return undefined;
     const initial = this.lastGood === undefined;
-    const result = await loadScanned(scan, this.lastGood, {
-      logger: this.logger,
-      sourceId: this.sourceId,
-    });
+    // A forced load trusts nothing it read before.
+    const files: FileCache = new Map();
+    const read: string[] = [];
+    const parsed: string[] = [];
+    const result = await loadScanned(
+      scan,
+      this.lastGood,
+      { logger: this.logger, sourceId: this.sourceId },
+      {
+        previous: force ? new Map() : this.files,
+        next: files,
+        racyMs: this.racyMs,
+        read,
+        parsed,
+      },
+    );
     if (this.stopped) return undefined;
+    this.files = files;
     this.lastFingerprint = fingerprint;
-    this.lastGood = new Map(result.objects.map((o) => [refKey(o.ref), o]));
+    this.lastGood = new Map(result.objects.map((o) => [keysOf(o).ref, o]));
     const diff = this.store.replaceFromSource(this.sourceId, result.objects);
-    const report: LoadReport = { ...result, initial, generation: this.store.generation, diff };
+    const report: LoadReport = {
+      ...result,
+      initial,
+      generation: this.store.generation,
+      diff,
+      read,
+      parsed,
+    };
     this.report = report;
     this.logger.info(
       {
@@ -193,6 +254,8 @@ export class FileSource extends TypedEmitter<FileSourceEvents> {
         objects: result.objects.length,
         errors: result.errors.length,
         kept: result.kept.length,
+        filesRead: read.length,
+        filesParsed: parsed.length,
       },
       initial ? 'config: loaded' : 'config: reloaded',
     );
@@ -262,9 +325,51 @@ function isManifestName(name: string): boolean {
   return !name.startsWith('.') && MANIFEST_EXTENSIONS.includes(extname(name).toLowerCase());
 }
 
+/** A manifest file as the scan saw it: `stamp` changes whenever its content may have. */
+interface ScannedFile {
+  readonly file: string;
+  /** Inode, size, mtime and ctime. */
+  readonly stamp: string;
+  readonly ctimeMs: number;
+}
+
 type Scan =
-  | { readonly kind: 'ok'; readonly files: readonly string[]; readonly fingerprint: string }
+  | {
+      readonly kind: 'ok';
+      readonly files: readonly string[];
+      readonly scanned: readonly ScannedFile[];
+      readonly fingerprint: string;
+    }
   | { readonly kind: 'error'; readonly error: ConfigError };
+
+/**
+ * What a file held when it was last read, by path. `stamp` is the scan's stamp from before
+ * the read, so an edit during the read shows as a new stamp on the next scan.
+ */
+type FileCache = Map<
+  string,
+  {
+    readonly stamp: string;
+    readonly load: FileLoad;
+    /**
+     * For a racy file (see DEFAULT_RACY_MS), a digest of the text read: it is read again on
+     * the next load, and parsed again only if the text differs.
+     */
+    readonly digest?: string | undefined;
+  }
+>;
+
+/**
+ * A file changed this close to (or after) the moment it was read may change again without
+ * its stamp changing (timestamps have a granularity, up to 2 s on some filesystems, and a
+ * file server's clock can lag): such a file is read again on the next load instead of being
+ * trusted (git's "racily clean" rule). ctime is the time to compare: every change of content
+ * sets it to the kernel's clock, and unlike mtime no tool can set it back.
+ */
+export const DEFAULT_RACY_MS = 3000;
+
+/** Files stat'ed between two yields to the event loop (about half a millisecond). */
+const STAT_BATCH = 256;
 
 /** Lists the manifest files under `path` and fingerprints them (inode, size, times). */
 async function scanPath(path: string): Promise<Scan> {
@@ -277,19 +382,31 @@ async function scanPath(path: string): Promise<Scan> {
     } else {
       files = [path];
     }
-    const parts: string[] = [];
-    const kept: string[] = [];
-    for (const f of files) {
+    const scanned: ScannedFile[] = [];
+    for (let i = 0; i < files.length; i++) {
+      const f = files[i]!;
+      // The poll scans every 2 s: a synchronous stat costs a tenth of a promise's round trip
+      // through the thread pool (19,000 files: 30 ms of CPU in stat calls instead of 300),
+      // and yielding between batches keeps each stretch of the event loop short.
+      if (i > 0 && i % STAT_BATCH === 0) await new Promise((resolve) => setImmediate(resolve));
       try {
-        const s = f === path ? st : await stat(f); // follows symlinks
-        if (!s.isFile()) continue;
-        kept.push(f);
-        parts.push(`${f}\0${s.ino}\0${s.size}\0${s.mtimeMs}\0${s.ctimeMs}`);
+        const s = f === path ? st : statSync(f, { throwIfNoEntry: false }); // follows symlinks
+        if (s === undefined || !s.isFile()) continue;
+        scanned.push({
+          file: f,
+          stamp: `${s.ino}\0${s.size}\0${s.mtimeMs}\0${s.ctimeMs}`,
+          ctimeMs: s.ctimeMs,
+        });
       } catch {
         // vanished between readdir and stat: it is simply not there
       }
     }
-    return { kind: 'ok', files: kept, fingerprint: parts.join('\n') };
+    return {
+      kind: 'ok',
+      files: scanned.map((f) => f.file),
+      scanned,
+      fingerprint: scanned.map((f) => `${f.file}\0${f.stamp}`).join('\n'),
+    };
   } catch (err) {
     return {
       kind: 'error',
@@ -302,10 +419,10 @@ type FileLoad =
   | { readonly file: string; readonly status: 'ok'; readonly result: TranslateResult }
   | { readonly file: string; readonly status: 'failed'; readonly errors: readonly ConfigError[] };
 
-async function loadFile(file: string, options: LoadOptions): Promise<FileLoad | undefined> {
-  let text: string;
+/** The file's text; a failed load when it cannot be read; undefined when it vanished. */
+async function readText(file: string): Promise<string | FileLoad | undefined> {
   try {
-    text = await readFile(file, 'utf8');
+    return await readFile(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined; // deleted meanwhile
     return {
@@ -314,6 +431,9 @@ async function loadFile(file: string, options: LoadOptions): Promise<FileLoad | 
       errors: [new ConfigError({ file, message: `cannot read: ${errText(err)}` })],
     };
   }
+}
+
+function parseText(file: string, text: string, options: LoadOptions): FileLoad {
   const parsed = parseManifests(text, file);
   if (parsed.errors.length > 0) return { file, status: 'failed', errors: parsed.errors };
   const result = emptyTranslateResult();
@@ -332,10 +452,27 @@ async function loadFile(file: string, options: LoadOptions): Promise<FileLoad | 
   return { file, status: 'ok', result };
 }
 
+function contentDigest(text: string): string {
+  return createHash('sha256').update(text).digest('base64');
+}
+
+/**
+ * Loads every scanned file. With `cache`, a file whose stamp is the one it had when it was
+ * last read is not read again (its earlier result is reused, the very same objects), and
+ * `cache.next` receives what may be reused next time.
+ */
 async function loadScanned(
   scan: Scan,
   previous: ReadonlyMap<string, TranslatedObject> | undefined,
   options: LoadOptions,
+  cache?: {
+    readonly previous: FileCache;
+    readonly next: FileCache;
+    readonly racyMs: number;
+    /** Receive the files read, and the files parsed. */
+    readonly read: string[];
+    readonly parsed: string[];
+  },
 ): Promise<LoadResult> {
   if (scan.kind === 'error') {
     // The path itself is unreadable (missing directory, permissions): keep everything.
@@ -343,9 +480,39 @@ async function loadScanned(
     return { objects, errors: [scan.error], kept: objects.map((o) => o.ref), files: [] };
   }
   const loads: FileLoad[] = [];
-  for (const f of scan.files) {
-    const l = await loadFile(f, options);
-    if (l) loads.push(l);
+  for (const f of scan.scanned) {
+    const cached = cache?.previous.get(f.file);
+    if (cached !== undefined && cached.stamp === f.stamp && cached.digest === undefined) {
+      loads.push(cached.load);
+      cache!.next.set(f.file, cached);
+      continue;
+    }
+    const readAt = Date.now();
+    const text = await readText(f.file);
+    cache?.read.push(f.file);
+    if (text === undefined) continue;
+    if (typeof text !== 'string') {
+      loads.push(text);
+      continue;
+    }
+    if (cache === undefined) {
+      loads.push(parseText(f.file, text, options));
+      continue;
+    }
+    // A racy file was read again: the very same bytes need no parsing.
+    const racy = f.ctimeMs > readAt - cache.racyMs;
+    const digest = racy || cached?.digest !== undefined ? contentDigest(text) : undefined;
+    let l: FileLoad;
+    if (cached?.digest !== undefined && cached.digest === digest) l = cached.load;
+    else {
+      l = parseText(f.file, text, options);
+      cache.parsed.push(f.file);
+    }
+    loads.push(l);
+    cache.next.set(
+      f.file,
+      racy ? { stamp: f.stamp, load: l, digest } : { stamp: f.stamp, load: l },
+    );
   }
   return combine(loads, previous, scan.files);
 }
@@ -374,7 +541,7 @@ function combine(
     }
     const dupErrors: ConfigError[] = [];
     for (const obj of l.result.objects) {
-      const key = refKey(obj.ref);
+      const key = keysOf(obj).ref;
       const first = next.get(key);
       if (first === undefined) {
         next.set(key, obj);

@@ -830,6 +830,8 @@ export class KubeSource extends TypedEmitter<KubeSourceEvents> {
       errors,
       kept,
       files: [],
+      read: [],
+      parsed: [],
       initial,
       generation: this.store.generation,
       diff,

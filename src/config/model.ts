@@ -142,6 +142,25 @@ export function refKey(ref: ObjectRef): string {
   return `${ref.kind}/${objectKey(ref)}`;
 }
 
+/** The refKey and objectKey of each translated object, computed once per object. */
+const translatedKeys = new WeakMap<
+  TranslatedObject,
+  { readonly ref: string; readonly object: string }
+>();
+
+/**
+ * refKey and objectKey of a translated object's ref, memoized per object (a reload hands the
+ * same objects over and over: 10,000 pods are 10,000 string keys to build and hash each time).
+ */
+export function keysOf(obj: TranslatedObject): { readonly ref: string; readonly object: string } {
+  let keys = translatedKeys.get(obj);
+  if (keys === undefined) {
+    keys = { ref: refKey(obj.ref), object: objectKey(obj.ref) };
+    translatedKeys.set(obj, keys);
+  }
+  return keys;
+}
+
 /** `Pod default/web`, `Node node-1`; just the kind when the name is unknown (''). */
 export function formatRef(ref: ObjectRef): string {
   return ref.name === '' ? ref.kind : `${ref.kind} ${objectKey(ref)}`;

@@ -1,8 +1,11 @@
 // config/store.ts: ConfigStore holds the current ClusterState merged from every source,
 // bumps its generation on each real change, announces changes with a per-kind diff, and
 // answers the lookups the data plane needs (by IP, by node). States are immutable snapshots:
-// a listener may keep one. The store must not parse or validate (sources do), log on its own
-// account beyond listener failures and source conflicts, or touch the kernel or the network.
+// a listener may keep one. A publish costs in proportion to the objects whose identity it
+// changed (plus copying each kind's map), not to the size of the cluster: sources hand the
+// same objects back for what did not change. The store must not parse or validate (sources
+// do), log on its own account beyond listener failures and source conflicts, or touch the
+// kernel or the network.
 
 import { isDeepStrictEqual } from 'node:util';
 import { TypedEmitter } from './emitter.js';
@@ -18,9 +21,10 @@ import {
   emptyDiff,
   formatRef,
   isEmptyDiff,
+  keysOf,
+  objectKey,
   KIND_INFO,
   KINDS,
-  objectKey,
   refKey,
   type ClusterDiff,
   type ClusterState,
@@ -61,7 +65,7 @@ export class ConfigStore extends TypedEmitter<ConfigStoreEvents> {
   /** sourceId -> (refKey -> object), in the order sources first published. */
   private readonly sources = new Map<string, ReadonlyMap<string, TranslatedObject>>();
   private readonly conflicts = new Set<string>();
-  private origins: ReadonlyMap<string, Origin> = new Map();
+  private readonly origins = new Map<string, Origin>();
   private current: ClusterState = emptyClusterState();
   private byIp: ReadonlyMap<string, Workload> = new Map();
   private byNode: ReadonlyMap<string, readonly Workload[]> = new Map();
@@ -96,17 +100,27 @@ export class ConfigStore extends TypedEmitter<ConfigStoreEvents> {
   replaceFromSource(sourceId: string, objects: Iterable<TranslatedObject>): ClusterDiff {
     const mine = new Map<string, TranslatedObject>();
     for (const obj of objects) {
-      const key = refKey(obj.ref);
+      const key = keysOf(obj).ref;
       if (!mine.has(key)) mine.set(key, obj);
     }
+    const before = this.sources.get(sourceId);
     this.sources.set(sourceId, mine);
-    return this.recompute();
+    // Only what this source changed (objects are compared by identity here; a new object
+    // equal to the old one makes no diff below) needs looking at.
+    const changed = new Map<string, TranslatedObject>();
+    for (const [key, obj] of mine) if (before?.get(key) !== obj) changed.set(key, obj);
+    if (before !== undefined) {
+      for (const [key, obj] of before) if (!mine.has(key)) changed.set(key, obj);
+    }
+    return this.apply(changed);
   }
 
   /** Forgets a source and everything it contributed. */
   removeSource(sourceId: string): ClusterDiff {
-    if (!this.sources.delete(sourceId)) return emptyDiff();
-    return this.recompute();
+    const before = this.sources.get(sourceId);
+    if (before === undefined) return emptyDiff();
+    this.sources.delete(sourceId);
+    return this.apply(before);
   }
 
   workload(namespace: string, name: string): Workload | undefined {
@@ -166,59 +180,70 @@ export class ConfigStore extends TypedEmitter<ConfigStoreEvents> {
     return this.origins.get(refKey(ref));
   }
 
-  private recompute(): ClusterDiff {
-    const merged = new Map<string, TranslatedObject>();
-    const owner = new Map<string, string>();
-    for (const [sourceId, objects] of this.sources) {
-      for (const [key, obj] of objects) {
-        const first = owner.get(key);
-        if (first === undefined) {
-          merged.set(key, obj);
-          owner.set(key, sourceId);
-        } else {
-          const conflict = `${key}\0${first}\0${sourceId}`;
-          if (!this.conflicts.has(conflict)) {
-            this.conflicts.add(conflict);
-            this.logger?.warn(
-              { ref: obj.ref, kept: first, ignored: sourceId },
-              `config: ${formatRef(obj.ref)} is provided by two sources; using ${first}`,
-            );
-          }
-        }
-      }
-    }
-
+  /**
+   * Brings the state in line with the sources for the objects whose refKeys are `changed`
+   * (each with some version of the object, for its kind and key): the first source that
+   * publishes an object provides it. The result is what a merge of every source from scratch
+   * would give: each kind's map sorted by object key, unchanged values kept (their identity
+   * too), a diff in object-key order. Work is proportional to the changes plus one copy of
+   * each kind's map.
+   */
+  private apply(changed: ReadonlyMap<string, TranslatedObject>): ClusterDiff {
     const prev = this.current;
     const prevMaps = stateMaps(prev);
-    const nextMaps = {} as Record<Kind, Map<string, unknown>>;
+    /** Per kind: object key -> the object now in force, undefined when none is. */
+    const byKind = new Map<Kind, Map<string, TranslatedObject | undefined>>();
+    for (const [key, some] of changed) {
+      let winner: TranslatedObject | undefined;
+      let first: string | undefined;
+      for (const [sourceId, objects] of this.sources) {
+        const obj = objects.get(key);
+        if (obj === undefined) continue;
+        if (first === undefined) {
+          winner = obj;
+          first = sourceId;
+          continue;
+        }
+        const conflict = `${key}\0${first}\0${sourceId}`;
+        if (!this.conflicts.has(conflict)) {
+          this.conflicts.add(conflict);
+          this.logger?.warn(
+            { ref: obj.ref, kept: first, ignored: sourceId },
+            `config: ${formatRef(obj.ref)} is provided by two sources; using ${first}`,
+          );
+        }
+      }
+      if (winner === undefined) this.origins.delete(key);
+      else this.origins.set(key, winner.origin);
+      let kind = byKind.get(some.kind);
+      if (kind === undefined) byKind.set(some.kind, (kind = new Map()));
+      kind.set(keysOf(some).object, winner);
+    }
+
     const diff = {} as Record<Kind, MutableDiff>;
-    const origins = new Map<string, Origin>();
-    const sorted = [...merged.values()].sort((a, b) => cmp(objectKey(a.ref), objectKey(b.ref)));
-    for (const k of KINDS) {
-      nextMaps[k] = new Map();
-      diff[k] = { added: [], updated: [], removed: [] };
-    }
-    for (const obj of sorted) {
-      origins.set(refKey(obj.ref), obj.origin);
-      const key = objectKey(obj.ref);
-      const old = prevMaps[obj.kind].get(key);
-      let value: unknown = obj.value;
-      if (old === undefined) diff[obj.kind].added.push(obj.ref);
-      else if (!isDeepStrictEqual(old, obj.value)) diff[obj.kind].updated.push(obj.ref);
-      else value = old; // unchanged: keep the identity listeners already hold
-      nextMaps[obj.kind].set(key, value);
-    }
-    for (const k of KINDS) {
-      for (const key of prevMaps[k].keys()) {
-        if (!nextMaps[k].has(key)) diff[k].removed.push(refFromKey(k, key));
+    for (const k of KINDS) diff[k] = { added: [], updated: [], removed: [] };
+    for (const [k, objs] of byKind) {
+      const prevMap = prevMaps[k];
+      const d = diff[k];
+      for (const key of [...objs.keys()].sort(cmp)) {
+        const obj = objs.get(key);
+        const old = prevMap.get(key);
+        if (obj === undefined) {
+          if (old !== undefined) d.removed.push(refFromKey(k, key));
+        } else if (old === undefined) d.added.push(obj.ref);
+        else if (!isDeepStrictEqual(old, obj.value)) d.updated.push(obj.ref);
       }
     }
-    this.origins = origins;
     if (isEmptyDiff(diff)) return diff;
 
-    // Each map only holds values of its kind (set above from obj.kind).
+    // Each map only holds values of its kind (set from the object's own kind).
     const fields: Record<string, unknown> = { generation: prev.generation + 1 };
-    for (const k of KINDS) fields[KIND_INFO[k].field] = nextMaps[k];
+    for (const k of KINDS) {
+      const prevMap: ReadonlyMap<string, unknown> = prevMaps[k];
+      const objs = byKind.get(k);
+      fields[KIND_INFO[k].field] =
+        objs === undefined ? new Map(prevMap) : nextMap(prevMap, objs, diff[k]);
+    }
     const next = Object.freeze(fields) as unknown as ClusterState;
     this.current = next;
     this.reindex(diff);
@@ -290,6 +315,43 @@ export function stateObjects(state: ClusterState): TranslatedObject[] {
     }
   }
   return out;
+}
+
+/**
+ * A kind's next map: `prev` (sorted by key) with `diff` applied, still sorted by key. Values
+ * not in the diff keep their identity; `objs` has the objects of the changed keys.
+ */
+function nextMap(
+  prev: ReadonlyMap<string, unknown>,
+  objs: ReadonlyMap<string, TranslatedObject | undefined>,
+  diff: KindDiff,
+): Map<string, unknown> {
+  const changedValue = (key: string): unknown => objs.get(key)!.value;
+  const keyOf = (ref: ObjectRef): string => objectKey(ref);
+  if (diff.added.length === 0) {
+    const next = new Map(prev);
+    for (const ref of diff.updated) {
+      const key = keyOf(ref);
+      next.set(key, changedValue(key));
+    }
+    for (const ref of diff.removed) next.delete(keyOf(ref));
+    return next;
+  }
+  const added = diff.added.map(keyOf); // sorted, as the diff is
+  const updated = new Set(diff.updated.map(keyOf));
+  const removed = new Set(diff.removed.map(keyOf));
+  const next = new Map<string, unknown>();
+  let i = 0;
+  for (const [key, value] of prev) {
+    while (i < added.length && added[i]! < key) {
+      next.set(added[i]!, changedValue(added[i]!));
+      i++;
+    }
+    if (removed.has(key)) continue;
+    next.set(key, updated.has(key) ? changedValue(key) : value);
+  }
+  for (; i < added.length; i++) next.set(added[i]!, changedValue(added[i]!));
+  return next;
 }
 
 function stateMaps(s: ClusterState): KindMaps {

@@ -104,6 +104,11 @@ export class Balancer {
     return this.activeCounts.get(endpointKey) ?? 0;
   }
 
+  /** Whether any per-service state is kept (retain() has nothing to do otherwise). */
+  get hasServiceState(): boolean {
+    return this.rrState.size > 0;
+  }
+
   /** Drops per-service state of every service key not in `liveServiceKeys`. */
   retain(liveServiceKeys: Iterable<string>): void {
     const live = liveServiceKeys instanceof Set ? liveServiceKeys : new Set(liveServiceKeys);

@@ -69,8 +69,12 @@ export class ServiceResolver {
     return () => lease.release();
   }
 
-  /** Drops balancing state of services that are gone (call on config changes). */
+  /**
+   * Drops balancing state of services that are gone (call on config changes). Costs nothing
+   * while no service has such state (the key set of every service is not built).
+   */
   retainLive(): void {
+    if (!this.balancer.hasServiceState) return;
     this.balancer.retain(serviceTargetKeys(this.view.state.services.values()));
   }
 

@@ -15,7 +15,8 @@
 // so finding the policies of a workload looks at its own labels, not at every policy. The
 // result (DENY list, ALLOW list, mTLS modes) is cached per workload uid until the next
 // rebuild or until the workload's labels object changes, so a connection costs a map lookup
-// plus matching the policies that actually apply.
+// plus matching the policies that actually apply. A rebuild compiles only policy objects it
+// has not seen and re-indexes only the namespaces whose policies changed.
 
 import type { AuthorizationPolicy, PeerAuthentication } from '../config/mesh-model.js';
 import type { Workload } from '../config/model.js';
@@ -100,6 +101,8 @@ interface Scope {
   /** Policies that apply to every workload of the scope. */
   readonly all: CompiledPolicy[];
   readonly bySelector: LabelIndex;
+  /** What the scope was built from, in order (a rebuild reuses a scope built from the same). */
+  readonly from: readonly CompiledPolicy[];
 }
 
 interface WorkloadEntry {
@@ -123,9 +126,12 @@ interface Index {
   readonly mesh: Scope;
   readonly namespaces: Map<string, Scope>;
   readonly peerAuth: PeerAuthIndex;
+  /** What peerAuth was built from, and the notes it made. */
+  readonly peerAuthFrom: readonly PeerAuthentication[];
+  readonly peerAuthNotes: readonly { policy: string; message: string }[];
 }
 
-const EMPTY_SCOPE: Scope = { all: [], bySelector: new Map() };
+const EMPTY_SCOPE: Scope = { all: [], bySelector: new Map(), from: [] };
 /** Bound on cached workloads (a node has far fewer local pods); the cache restarts beyond it. */
 const MAX_CACHED_WORKLOADS = 16384;
 /** Bound on cached parsed peer identities (one per peer service account in practice). */
@@ -133,8 +139,21 @@ const MAX_CACHED_PEERS = 4096;
 
 const ALLOW_NO_POLICY: Decision = { allow: true, reason: 'allowed: no ALLOW policy applies' };
 
-function newScope(): Scope {
-  return { all: [], bySelector: new Map() };
+/**
+ * The scope of `policies`: `previous` itself when it was built from the very same compiled
+ * policies in the same order (a rebuild after an unrelated change re-indexes nothing).
+ */
+function scopeOf(policies: readonly CompiledPolicy[], previous: Scope | undefined): Scope {
+  if (previous !== undefined && sameItems(previous.from, policies)) return previous;
+  const scope: Scope = { all: [], bySelector: new Map(), from: policies };
+  fillScope(scope, policies);
+  return scope;
+}
+
+function sameItems<T>(a: readonly T[], b: readonly T[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /**
@@ -359,9 +378,8 @@ export class PolicyEngine {
     const byNamespace = new Map<string, CompiledPolicy[]>();
     let enforced = 0;
     for (const pol of policies) {
-      const key = `${pol.namespace}/${pol.name}`;
       const note = (list: PolicyNote[], message: string): void => {
-        list.push({ kind: 'AuthorizationPolicy', policy: key, message });
+        list.push({ kind: 'AuthorizationPolicy', policy: `${pol.namespace}/${pol.name}`, message });
       };
       if (pol.targetRefs.length > 0) {
         note(
@@ -393,19 +411,39 @@ export class PolicyEngine {
         list.push(compiled);
       }
     }
-    const mesh = newScope();
-    fillScope(mesh, meshPolicies);
+    // Scopes whose policies are all unchanged (the same compiled objects, in the same order)
+    // are taken over from the previous index: one changed policy re-indexes one namespace.
+    const mesh = scopeOf(meshPolicies, previous?.mesh);
     const namespaces = new Map<string, Scope>();
     for (const [ns, list] of byNamespace) {
-      const scope = newScope();
-      fillScope(scope, list);
-      namespaces.set(ns, scope);
+      namespaces.set(ns, scopeOf(list, previous?.namespaces.get(ns)));
     }
-    const paNotes: { policy: string; message: string }[] = [];
-    const peerAuth = new PeerAuthIndex(peerAuths, rootNamespace, paNotes);
+    let peerAuth: PeerAuthIndex;
+    let paNotes: readonly { policy: string; message: string }[];
+    if (
+      previous !== undefined &&
+      previous.rootNamespace === rootNamespace &&
+      sameItems(previous.peerAuthFrom, peerAuths)
+    ) {
+      peerAuth = previous.peerAuth;
+      paNotes = previous.peerAuthNotes;
+    } else {
+      const notes: { policy: string; message: string }[] = [];
+      peerAuth = new PeerAuthIndex(peerAuths, rootNamespace, notes);
+      paNotes = notes;
+    }
     for (const n of paNotes) ignored.push({ kind: 'PeerAuthentication', ...n });
     return {
-      index: { generation, rootNamespace, trustDomain, mesh, namespaces, peerAuth },
+      index: {
+        generation,
+        rootNamespace,
+        trustDomain,
+        mesh,
+        namespaces,
+        peerAuth,
+        peerAuthFrom: [...peerAuths],
+        peerAuthNotes: paNotes,
+      },
       report: { partiallyEnforced, ignored, invalid, enforced },
     };
   }

@@ -27,6 +27,7 @@ import {
 } from '../mesh-model.js';
 import type { FieldPath } from '../errors.js';
 import type { KindTranslator, ObjectMeta } from './translator.js';
+import { ownString } from '../strings.js';
 
 const SERVICE_TYPES = ['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'];
 export const PROTOCOLS = ['TCP', 'UDP', 'SCTP'] as const;
@@ -129,7 +130,7 @@ function readClusterIPs(r: FieldReader): string[] {
     } else if (value === '') {
       // not allocated yet (a manifest before the API server saw it)
     } else if (isIPv4Address(value)) {
-      if (!out.includes(value)) out.push(value);
+      if (!out.includes(value)) out.push(ownString(value));
     } else if (!isIPAddress(value)) {
       r.fail(
         path,
@@ -196,7 +197,7 @@ function readTargetPort(
     return undefined;
   }
   if (typeof v === 'string') {
-    if (isPortName(v)) return v;
+    if (isPortName(v)) return ownString(v);
     const hint = /^[0-9]+$/.test(v) ? '; write a port number without quotes' : '';
     r.fail(path, `${JSON.stringify(v)} ${PORT_NAME_HINT}${hint}`);
     return undefined;
