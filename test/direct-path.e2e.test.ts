@@ -4,11 +4,10 @@
 // denied, and refused when the proxy is down. A node started with --no-direct-same-node, or
 // without CAP_SYS_ADMIN (needed to abort cut flows), relays every connection.
 import test from 'ava';
-import { rename, writeFile } from 'node:fs/promises';
-import { stringify } from 'yaml';
 import { Lab, type PodServer } from '../src/lab/cluster.js';
 import { LabMesh, type AccessEntry } from '../src/lab/mesh.js';
 import { requireRoot } from './helpers/root.js';
+import { authorizationPolicy, eventually, writeManifest } from './helpers/mesh-config.js';
 
 const AMBIENT = { 'weft.io/dataplane-mode': 'ambient' };
 const PORT = 8080;
@@ -39,28 +38,12 @@ test.after.always(async () => {
   await lab?.destroy();
 });
 
-async function writePolicies(objects: object[]): Promise<void> {
-  const tmp = `${mesh.configDir}/.policy.yaml.tmp`;
-  await writeFile(tmp, objects.map((o) => stringify(o)).join('---\n'));
-  await rename(tmp, `${mesh.configDir}/policy.yaml`);
+function writePolicies(objects: object[]): Promise<void> {
+  return writeManifest(mesh, 'policy.yaml', objects);
 }
 
 function serverPolicy(name: string, spec: object): object {
-  return {
-    apiVersion: 'security.istio.io/v1',
-    kind: 'AuthorizationPolicy',
-    metadata: { name, namespace: 'shop' },
-    spec,
-  };
-}
-
-async function eventually(check: () => Promise<boolean> | boolean, timeoutMs = 8000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return check();
+  return authorizationPolicy('shop', name, spec);
 }
 
 function counters(pod: string) {

@@ -6,11 +6,10 @@
 // killed worker's share goes to the other one with no failed connection until the control
 // plane has restarted it.
 import test from 'ava';
-import { rename, writeFile } from 'node:fs/promises';
-import { stringify } from 'yaml';
 import { Lab } from '../src/lab/cluster.js';
 import { LabMesh, type AccessEntry } from '../src/lab/mesh.js';
 import { requireRoot } from './helpers/root.js';
+import { authorizationPolicy, eventually, writeManifest } from './helpers/mesh-config.js';
 
 const AMBIENT = { 'weft.io/dataplane-mode': 'ambient' };
 const PORT = 8080;
@@ -41,28 +40,12 @@ test.after.always(async () => {
   await lab?.destroy();
 });
 
-async function writePolicies(objects: object[]): Promise<void> {
-  const tmp = `${mesh.configDir}/.policy.yaml.tmp`;
-  await writeFile(tmp, objects.map((o) => stringify(o)).join('---\n'));
-  await rename(tmp, `${mesh.configDir}/policy.yaml`);
+function writePolicies(objects: object[]): Promise<void> {
+  return writeManifest(mesh, 'policy.yaml', objects);
 }
 
 function shopPolicy(name: string, spec: object): object {
-  return {
-    apiVersion: 'security.istio.io/v1',
-    kind: 'AuthorizationPolicy',
-    metadata: { name, namespace: 'shop' },
-    spec,
-  };
-}
-
-async function eventually(check: () => Promise<boolean> | boolean, timeoutMs = 8000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return check();
+  return authorizationPolicy('shop', name, spec);
 }
 
 /** `{worker, pid}` of each 'data-plane worker ready' line the node's control plane printed. */

@@ -107,36 +107,33 @@ export class TypedMap<K, V> {
   }
 
   keys(limit = 1_000_000): K[] {
-    const keys: K[] = [];
-    let previous: Buffer | null = null;
-    for (let i = 0; i < limit; i++) {
-      const next = Buffer.alloc(this.keyCodec.size);
-      const result = libbpf.mapNextKey(this.fd, previous, next);
-      if (result === -ENOENT) break;
-      check(result, `iterate ${this.name}`);
-      keys.push(this.keyCodec.decode(next));
-      previous = next;
-    }
-    return keys;
+    return [...this.rawKeys(limit)].map((raw) => this.keyCodec.decode(raw));
   }
 
   /** Every entry, read one by one (an entry deleted meanwhile is skipped). */
   entries(limit = 1_000_000): [K, V][] {
     const entries: [K, V][] = [];
+    for (const raw of this.rawKeys(limit)) {
+      const out = Buffer.alloc(this.valueCodec.size);
+      const found = libbpf.mapLookup(this.fd, raw, out);
+      if (found === -ENOENT) continue;
+      check(found, `lookup ${this.name}`);
+      entries.push([this.keyCodec.decode(raw), this.valueCodec.decode(out)]);
+    }
+    return entries;
+  }
+
+  /** The map's keys as raw buffers, at most `limit` of them. */
+  private *rawKeys(limit: number): Generator<Buffer> {
     let previous: Buffer | null = null;
     for (let i = 0; i < limit; i++) {
       const next = Buffer.alloc(this.keyCodec.size);
       const result = libbpf.mapNextKey(this.fd, previous, next);
-      if (result === -ENOENT) break;
+      if (result === -ENOENT) return;
       check(result, `iterate ${this.name}`);
+      yield next;
       previous = next;
-      const out = Buffer.alloc(this.valueCodec.size);
-      const found = libbpf.mapLookup(this.fd, next, out);
-      if (found === -ENOENT) continue;
-      check(found, `lookup ${this.name}`);
-      entries.push([this.keyCodec.decode(next), this.valueCodec.decode(out)]);
     }
-    return entries;
   }
 
   protected encodeKey(key: K): Buffer {
