@@ -9,6 +9,9 @@ import { openPinnedCounters, type PodCounters } from '../bpf/weft-maps.js';
 import { initCa } from '../identity/index.js';
 import type { Lab, LabNode, LabProcess } from './cluster.js';
 
+/** Node.js flags weft runs with in production (the DaemonSet's NODE_OPTIONS). */
+export const WEFT_NODE_FLAGS = ['--max-semi-space-size=2'] as const;
+
 export const WEFT_CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
 export interface AccessEntry {
@@ -119,6 +122,8 @@ export class LabMesh {
     const proxy = this.lab.spawn(node.netns, [
       ...(overrides.wrapper ?? []),
       process.execPath,
+      // As the DaemonSet runs it (its NODE_OPTIONS): a 2 MB young generation.
+      ...WEFT_NODE_FLAGS,
       WEFT_CLI,
       'node',
       '--config',
