@@ -3,7 +3,7 @@
 // counted, logged with exact bytes, re-checked when policy changes (and cut), refused when
 // denied, and refused when the proxy is down. A node started with --no-direct-same-node, or
 // without CAP_SYS_ADMIN (needed to abort cut flows), relays every connection.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { Lab, type PodServer } from '../src/lab/cluster.js';
 import { LabMesh, type AccessEntry } from '../src/lab/mesh.js';
 import { requireRoot } from './helpers/root.js';
@@ -200,15 +200,20 @@ test.serial('with the proxy down, a recorded pair fails closed', async (t) => {
   t.true(await eventually(async () => (await connectOnce('client')).ok), 'back after restart');
 });
 
+/** Makes `n` client connections and checks that the proxy relayed every one (none direct). */
+async function expectAllRelayed(t: ExecutionContext, n: number): Promise<void> {
+  const before = counters('client');
+  for (let i = 0; i < n; i++) t.true((await connectOnce('client')).ok);
+  const after = counters('client');
+  t.is(after.direct - before.direct, 0n);
+  t.is(after.captured - before.captured, BigInt(n));
+}
+
 test.serial('--no-direct-same-node relays every same-node connection', async (t) => {
   await mesh.stopNode('node-0');
   await mesh.startNode('node-0', ['--no-direct-same-node']);
   try {
-    const before = counters('client');
-    for (let i = 0; i < 3; i++) t.true((await connectOnce('client')).ok);
-    const after = counters('client');
-    t.is(after.direct - before.direct, 0n);
-    t.is(after.captured - before.captured, 3n);
+    await expectAllRelayed(t, 3);
   } finally {
     await mesh.stopNode('node-0');
     await mesh.startNode('node-0');
@@ -227,11 +232,7 @@ test.serial('without CAP_SYS_ADMIN the direct path is off, and says so', async (
   const proxy = await mesh.startNode('node-0', [], { wrapper: withoutSysAdmin });
   try {
     t.true(proxy.lines.some((l) => l.includes('same-node direct path off')));
-    const before = counters('client');
-    for (let i = 0; i < 3; i++) t.true((await connectOnce('client')).ok);
-    const after = counters('client');
-    t.is(after.direct - before.direct, 0n);
-    t.is(after.captured - before.captured, 3n);
+    await expectAllRelayed(t, 3);
   } finally {
     await mesh.stopNode('node-0');
     await mesh.startNode('node-0');
