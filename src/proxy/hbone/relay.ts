@@ -61,9 +61,10 @@ export function relayStream(stream: Http2Stream, socket: Socket): Promise<Stream
       done();
     });
 
-    // Stream -> socket. The DATA frames of one TLS record arrive as several 'data' events
-    // in one tick; corking until the next tick gives the kernel one writev, not one send
-    // per frame.
+    // Stream -> socket. One read from the tunnel (up to four TLS records) yields several
+    // 'data' events, each from its own callback out of C++, so nextTick would run between
+    // them. Corking until setImmediate (after this poll phase) gives the kernel one writev
+    // for all of them instead of two sends per 16 KiB (a DATA frame straddles TLS records).
     let corked = false;
     const uncork = () => {
       corked = false;
@@ -74,7 +75,7 @@ export function relayStream(stream: Http2Stream, socket: Socket): Promise<Stream
       if (!corked && !socket.destroyed) {
         corked = true;
         socket.cork();
-        process.nextTick(uncork);
+        setImmediate(uncork);
       }
       if (!socket.write(chunk)) stream.pause();
     });
