@@ -48,7 +48,13 @@ export interface MeshMetricsOptions {
   readonly trustDomain?: string;
 }
 
-function workloadLabels(prefix: 'source' | 'destination', w: Workload | undefined, id?: string) {
+type WorkloadLabels = Partial<TcpLabels>;
+
+function workloadLabels(
+  prefix: 'source' | 'destination',
+  w: Workload | undefined,
+  id: string | undefined,
+): WorkloadLabels {
   return {
     [`${prefix}_workload`]: w ? workloadName(w) : 'unknown',
     [`${prefix}_workload_namespace`]: w?.namespace ?? 'unknown',
@@ -60,28 +66,58 @@ function workloadLabels(prefix: 'source' | 'destination', w: Workload | undefine
   };
 }
 
+/** One TCP label set and its four counters (undefined: never counted, so not exported). */
+interface TcpSeries {
+  readonly labels: TcpLabels;
+  /** Workload uids the labels mention (the series goes when one of them is deleted). */
+  readonly uids: readonly string[];
+  opened?: number;
+  closed?: number;
+  sent?: number;
+  received?: number;
+}
+
+type TcpCounter = 'opened' | 'closed' | 'sent' | 'received';
+
+const TCP_COUNTERS: readonly { counter: TcpCounter; name: string; help: string }[] = [
+  { counter: 'opened', name: 'istio_tcp_connections_opened_total', help: 'TCP connections opened' },
+  { counter: 'closed', name: 'istio_tcp_connections_closed_total', help: 'TCP connections closed' },
+  {
+    counter: 'sent',
+    name: 'istio_tcp_sent_bytes_total',
+    help: 'Bytes sent by the client (request direction)',
+  },
+  {
+    counter: 'received',
+    name: 'istio_tcp_received_bytes_total',
+    help: 'Bytes received by the client (response direction)',
+  },
+];
+
+/**
+ * Istio's TCP counters. They are kept here and read at scrape time rather than held in
+ * prom-client Counters: a Counter hashes its 21 labels on every increment, which was a
+ * measurable share of the proxy's CPU per connection. A flow finds its series through a key
+ * built from per-workload parts that are computed once per workload object (config updates
+ * replace the objects, so a relabelled pod gets fresh parts).
+ */
 export class MeshMetrics implements FlowObserver {
   readonly registry = new Registry();
-  private readonly opened_: Counter<TcpLabel>;
-  private readonly closed_: Counter<TcpLabel>;
-  private readonly sent: Counter<TcpLabel>;
-  private readonly received: Counter<TcpLabel>;
   private readonly folded: Counter<string>;
   private readonly denials: Counter<'policy' | 'reporter'>;
-  /** Label-set key -> labels, and which workload uids each key mentions. */
-  private readonly series = new Map<string, { labels: TcpLabels; uids: string[] }>();
+  /** Label-set key -> series, within the budget. */
+  private readonly series = new Map<string, TcpSeries>();
+  /** Label sets past the budget, their workload labels folded to `other`. */
+  private readonly foldedSeries = new Map<string, TcpSeries>();
+  private readonly workloadParts = new WeakMap<Workload, Map<string, WorkloadPart>>();
 
   constructor(private readonly options: MeshMetricsOptions) {
     const registers = [this.registry];
-    const tcp = (name: string, help: string) =>
-      new Counter<TcpLabel>({ name, help, labelNames: TCP_LABELS, registers });
-    this.opened_ = tcp('istio_tcp_connections_opened_total', 'TCP connections opened');
-    this.closed_ = tcp('istio_tcp_connections_closed_total', 'TCP connections closed');
-    this.sent = tcp('istio_tcp_sent_bytes_total', 'Bytes sent by the client (request direction)');
-    this.received = tcp(
-      'istio_tcp_received_bytes_total',
-      'Bytes received by the client (response direction)',
-    );
+    for (const { counter, name, help } of TCP_COUNTERS) {
+      scrapeMetric(this.registry, { name, help, type: 'counter', labelNames: TCP_LABELS }, () =>
+        this.values(counter),
+      );
+    }
     this.folded = new Counter({
       name: 'weft_telemetry_series_folded_total',
       help: 'Label sets folded into "other" because the series budget was reached',
@@ -97,16 +133,16 @@ export class MeshMetrics implements FlowObserver {
   }
 
   opened(flow: Flow): void {
-    this.opened_.inc(this.labelsFor(flow, '-'));
+    const series = this.seriesFor(flow, '-');
+    series.opened = (series.opened ?? 0) + 1;
   }
 
   closed(flow: Flow, outcome: FlowOutcome): void {
-    const flag = outcome.flag ?? '-';
-    const labels = this.labelsFor(flow, flag);
-    this.closed_.inc(labels);
+    const series = this.seriesFor(flow, outcome.flag ?? '-');
+    series.closed = (series.closed ?? 0) + 1;
     if (outcome.kind === 'relayed') {
-      this.sent.inc(labels, outcome.sent);
-      this.received.inc(labels, outcome.received);
+      series.sent = (series.sent ?? 0) + outcome.sent;
+      series.received = (series.received ?? 0) + outcome.received;
     }
     // Counted where policy was evaluated (the destination's proxy), not again at the source
     // that only saw the tunnel's 401. A same-node connection is decided by this proxy acting
@@ -122,8 +158,6 @@ export class MeshMetrics implements FlowObserver {
     let removed = 0;
     for (const [key, entry] of this.series) {
       if (entry.uids.every((uid) => liveUids.has(uid))) continue;
-      for (const metric of [this.opened_, this.closed_, this.sent, this.received])
-        metric.remove(entry.labels);
       this.series.delete(key);
       removed++;
     }
@@ -134,36 +168,108 @@ export class MeshMetrics implements FlowObserver {
     return this.series.size;
   }
 
-  private labelsFor(flow: Flow, flag: string): TcpLabels {
-    const labels: TcpLabels = {
-      reporter: flow.direction === 'outbound' ? 'source' : 'destination',
-      ...workloadLabels('source', flow.sourceWorkload, flow.sourceIdentity),
-      ...workloadLabels('destination', flow.destinationWorkload, flow.destinationIdentity),
-      destination_service: flow.service
-        ? `${flow.service.name}.${flow.service.namespace}.svc.cluster.local`
-        : flow.destinationWorkload
-          ? 'unknown'
-          : flow.target.ip,
+  private *values(counter: TcpCounter): Generator<{ labels: TcpLabels; value: number }> {
+    for (const map of [this.series, this.foldedSeries]) {
+      for (const entry of map.values()) {
+        const value = entry[counter];
+        if (value !== undefined) yield { labels: entry.labels, value };
+      }
+    }
+  }
+
+  private seriesFor(flow: Flow, flag: string): TcpSeries {
+    const source = this.part('source', flow.sourceWorkload, flow.sourceIdentity);
+    const destination = this.part(
+      'destination',
+      flow.destinationWorkload,
+      flow.destinationIdentity,
+    );
+    const destinationService = flow.service
+      ? `${flow.service.name}.${flow.service.namespace}.svc.cluster.local`
+      : flow.destinationWorkload
+        ? 'unknown'
+        : flow.target.ip;
+    const reporter = flow.direction === 'outbound' ? 'source' : 'destination';
+    const security = flow.security === 'mutual_tls' ? 'mutual_tls' : 'none';
+    const key = [
+      reporter,
+      source.key,
+      destination.key,
+      destinationService,
+      flow.service?.name ?? 'unknown',
+      flow.service?.namespace ?? 'unknown',
+      flag,
+      security,
+    ].join('\u0000');
+    const known = this.series.get(key);
+    if (known) return known;
+    const labels = {
+      reporter,
+      ...source.labels,
+      ...destination.labels,
+      destination_service: destinationService,
       destination_service_name: flow.service?.name ?? 'unknown',
       destination_service_namespace: flow.service?.namespace ?? 'unknown',
       request_protocol: 'tcp',
       response_flags: flag,
-      connection_security_policy: flow.security === 'mutual_tls' ? 'mutual_tls' : 'none',
+      connection_security_policy: security,
     } as TcpLabels;
-    const key = TCP_LABELS.map((l) => labels[l]).join('\u0000');
-    if (this.series.has(key)) return labels;
-    if (this.series.size >= this.options.seriesBudget) {
-      this.folded.inc();
-      const folded = { ...labels };
-      for (const l of VARIABLE_LABELS) folded[l] = 'other';
-      return folded;
+    if (this.series.size < this.options.seriesBudget) {
+      const uids = [flow.sourceWorkload?.uid, flow.destinationWorkload?.uid].filter(
+        (u): u is string => u !== undefined,
+      );
+      const entry: TcpSeries = { labels, uids };
+      this.series.set(key, entry);
+      return entry;
     }
-    const uids = [flow.sourceWorkload?.uid, flow.destinationWorkload?.uid].filter(
-      (u): u is string => u !== undefined,
-    );
-    this.series.set(key, { labels, uids });
-    return labels;
+    this.folded.inc();
+    const folded = { ...labels };
+    for (const l of VARIABLE_LABELS) folded[l] = 'other';
+    const foldedKey = TCP_LABELS.map((l) => folded[l]).join('\u0000');
+    let entry = this.foldedSeries.get(foldedKey);
+    if (!entry) {
+      entry = { labels: folded, uids: [] };
+      this.foldedSeries.set(foldedKey, entry);
+    }
+    return entry;
   }
+
+  /** A workload's labels for one side, computed once per workload object and identity. */
+  private part(
+    prefix: 'source' | 'destination',
+    workload: Workload | undefined,
+    identity: string | undefined,
+  ): WorkloadPart {
+    const id = identity ?? '';
+    if (!workload) return makePart(prefix, undefined, identity);
+    let byIdentity = this.workloadParts.get(workload);
+    if (!byIdentity) {
+      byIdentity = new Map();
+      this.workloadParts.set(workload, byIdentity);
+    }
+    const cacheKey = `${prefix}\u0000${id}`;
+    let part = byIdentity.get(cacheKey);
+    if (!part) {
+      part = makePart(prefix, workload, identity);
+      byIdentity.set(cacheKey, part);
+    }
+    return part;
+  }
+}
+
+interface WorkloadPart {
+  readonly labels: WorkloadLabels;
+  /** The label values joined: equal keys mean equal labels. */
+  readonly key: string;
+}
+
+function makePart(
+  prefix: 'source' | 'destination',
+  workload: Workload | undefined,
+  identity: string | undefined,
+): WorkloadPart {
+  const labels = workloadLabels(prefix, workload, identity);
+  return { labels, key: Object.values(labels).join('\u0000') };
 }
 
 /**
