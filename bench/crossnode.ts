@@ -42,6 +42,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Lab, type LabPod, type LabProcess } from '../src/lab/cluster.js';
 import { LabMesh, WEFT_CLI, type AccessEntry } from '../src/lab/mesh.js';
+import { DEFAULT_LOG_BATCH_MS } from '../src/telemetry/logger.js';
 import {
   makePki,
   PeerPair,
@@ -1229,7 +1230,8 @@ async function main(): Promise<void> {
       process.env.WEFT_BENCH_CPU_PROFILE = settings.cpuProfDir ? '1' : '0';
     }
     try {
-      mesh = await LabMesh.start(lab);
+      // The node's own log batching, as deployed (the lab's default writes each line at once).
+      mesh = await LabMesh.start(lab, { logBatch: `${DEFAULT_LOG_BATCH_MS}ms` });
     } finally {
       for (const k of ['NODE_OPTIONS', 'WEFT_BENCH_PROFILE_DIR', 'WEFT_BENCH_CPU_PROFILE']) {
         if (savedEnv[k] === undefined) delete process.env[k];

@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Lab } from '../src/lab/cluster.js';
 import { LabMesh } from '../src/lab/mesh.js';
+import { DEFAULT_LOG_BATCH_MS } from '../src/telemetry/logger.js';
 import type { ConnectRateResult } from './pingpong.js';
 
 const PINGPONG = fileURLToPath(new URL('./pingpong.js', import.meta.url));
@@ -182,7 +183,7 @@ async function main(): Promise<void> {
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    const mesh = await LabMesh.start(lab);
+    const mesh = await LabMesh.start(lab, { logBatch: `${DEFAULT_LOG_BATCH_MS}ms` });
     const echo = lab.spawn(lab.pod('server').netns, [
       process.execPath,
       PINGPONG,

@@ -60,6 +60,15 @@ test('a bad flag value is one clear line', async (t) => {
   ]);
   t.not(run.code, 0);
   t.is(run.stderr.trim(), 'weft: --fwmark: "zzz" is not a whole number from 1 to 4294967295');
+  const batch = await weft(['node', '--config', '/x', '--node-name', 'n', '--log-batch', 'soon']);
+  t.not(batch.code, 0);
+  t.is(
+    batch.stderr.trim(),
+    'weft: --log-batch: "soon" is not a duration (e.g. 500ms, 25s, 2m, 24h)',
+  );
+  const long = await weft(['node', '--config', '/x', '--node-name', 'n', '--log-batch', '1m']);
+  t.not(long.code, 0);
+  t.is(long.stderr.trim(), 'weft: --log-batch must be at most 10s');
   const unknown = await weft(['node', '--no-such-flag']);
   t.not(unknown.code, 0);
   t.regex(unknown.stderr, /Unknown argument/);

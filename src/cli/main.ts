@@ -7,7 +7,7 @@ import { availableParallelism } from 'node:os';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { KernelError } from '../bpf/errors.js';
-import { createLogger, LOG_LEVELS } from '../telemetry/logger.js';
+import { createLogger, DEFAULT_LOG_BATCH_MS, LOG_LEVELS } from '../telemetry/logger.js';
 import {
   CliError,
   DEFAULT_FWMARK,
@@ -68,6 +68,7 @@ async function runNodeCommand(argv: Record<string, unknown>): Promise<void> {
     drainGraceMs: parseDuration('drain-grace', argv['drain-grace']),
     interfaceScanMs: parseDuration('interface-scan', argv['interface-scan']),
     logLevel: String(argv['log-level']),
+    logBatchMs: parseDuration('log-batch', argv['log-batch']),
     cleanup: Boolean(argv.cleanup),
     ca: argv.ca === undefined ? undefined : String(argv.ca),
     trustDomain: parseTrustDomain(argv['trust-domain']),
@@ -91,7 +92,8 @@ async function runNodeCommand(argv: Record<string, unknown>): Promise<void> {
   if ((options.fwmark & options.fwmarkMask) !== options.fwmark) {
     throw new CliError(`--fwmark 0x${options.fwmark.toString(16)} has bits outside --fwmark-mask`);
   }
-  const log = createLogger(options.logLevel as never, 'node');
+  if (options.logBatchMs > 10_000) throw new CliError('--log-batch must be at most 10s');
+  const log = createLogger(options.logLevel as never, 'node', options.logBatchMs);
   const { NodeAgent, assertPrivileges, cleanupNode } = await import('./node-agent.js');
   assertPrivileges();
   if (options.cleanup) {
@@ -214,6 +216,12 @@ const cli = yargs(hideBin(process.argv))
           type: 'string',
           default: '25s',
           describe: 'how long SIGTERM waits for live connections',
+        })
+        .option('log-batch', {
+          type: 'string',
+          default: `${DEFAULT_LOG_BATCH_MS}ms`,
+          describe:
+            'how long info lines (the access log) may wait to be written together, in one write of at most 4 KiB; 0 writes each line at once',
         })
         .option('interface-scan', {
           type: 'string',

@@ -24,6 +24,8 @@ export interface NodeOptions {
   readonly drainGraceMs: number;
   readonly interfaceScanMs: number;
   readonly logLevel: string;
+  /** How long routine log lines (the access log) may wait to be written together; 0: at once. */
+  readonly logBatchMs: number;
   readonly cleanup: boolean;
   /** Directory with Istio's cacerts files; without it cross-node mesh traffic is refused. */
   readonly ca: string | undefined;

@@ -47,6 +47,11 @@ export interface MeshOptions {
   readonly nodeArgs?: readonly string[];
   readonly logLevel?: string;
   /**
+   * `--log-batch` for every node. Default `0` (each line written at once), so tests can count
+   * access-log lines right after a connection closed; benchmarks pass the node's own default.
+   */
+  readonly logBatch?: string;
+  /**
    * Run with a CA (`weft ca init` into the lab's directory, `--ca` on every node): cross-node
    * mesh traffic goes through HBONE. Default true. A per-node override lets a test give one
    * node a foreign CA.
@@ -138,6 +143,8 @@ export class LabMesh {
       '500ms',
       '--log-level',
       this.options.logLevel ?? 'info',
+      '--log-batch',
+      this.options.logBatch ?? '0',
       ...(caDir ? ['--ca', caDir] : []),
       ...(this.options.nodeArgs ?? []),
       ...(this.options.perNodeArgs?.[nodeName] ?? []),

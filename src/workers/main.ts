@@ -233,9 +233,11 @@ function main(): void {
     }
     if (worker) return;
     const options: NodeOptions = message.options;
-    const log = createLogger(options.logLevel as LevelWithSilent, 'node').child({
-      worker: message.worker,
-    });
+    const log = createLogger(options.logLevel as LevelWithSilent, 'node', options.logBatchMs).child(
+      {
+        worker: message.worker,
+      },
+    );
     try {
       worker = new Worker(message, log);
     } catch (error) {
