@@ -10,7 +10,7 @@ import { initCa } from '../identity/index.js';
 import type { Lab, LabNode, LabProcess } from './cluster.js';
 
 /** Node.js flags weft runs with in production (the DaemonSet's NODE_OPTIONS). */
-export const WEFT_NODE_FLAGS = ['--max-semi-space-size=2'] as const;
+export const WEFT_NODE_FLAGS = ['--max-semi-space-size=1'] as const;
 
 export const WEFT_CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
@@ -127,7 +127,7 @@ export class LabMesh {
     const proxy = this.lab.spawn(node.netns, [
       ...(overrides.wrapper ?? []),
       process.execPath,
-      // As the DaemonSet runs it (its NODE_OPTIONS): a 2 MB young generation.
+      // As the DaemonSet runs it (its NODE_OPTIONS): a 1 MB young generation.
       ...WEFT_NODE_FLAGS,
       WEFT_CLI,
       'node',
