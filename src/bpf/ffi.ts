@@ -1,7 +1,8 @@
 // Raw FFI bindings: libbpf (Debian libbpf1), libc, and weft's own shim (native/, built to
 // build/libweft.so). This module only declares functions; it decides nothing and keeps no
 // state beyond the loaded library handles. Callers use the typed wrappers in the sibling
-// modules, never these directly from outside src/bpf/ and src/redirect/.
+// modules, or one small module that owns the call (src/redirect/, src/proxy/upstream.ts,
+// src/cli/heap-trim.ts).
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import koffi, { type LibraryHandle } from 'koffi';
@@ -64,6 +65,7 @@ export const libbpf = {
 
 export const libc = {
   close: libcLib.func('int close(int fd)'),
+  mallocTrim: libcLib.func('int malloc_trim(size_t pad)'),
   ifNameToIndex: libcLib.func('unsigned int if_nametoindex(const char *ifname)'),
   ifNameIndex: libcLib.func('if_nameindex *if_nameindex()'),
   ifFreeNameIndex: libcLib.func('void if_freenameindex(if_nameindex *ptr)'),

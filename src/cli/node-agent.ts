@@ -55,6 +55,7 @@ import {
   meshDirectory,
   type ConnectionView,
 } from './data-plane.js';
+import { DEFAULT_HEAP_TRIM, heapTrimLogger, startHeapTrim } from './heap-trim.js';
 import { CliError, type NodeOptions } from './options.js';
 import type { StatusDump } from './status.js';
 
@@ -122,6 +123,7 @@ export class NodeAgent {
   private proxy?: NodeProxy;
   /** The data-plane workers, with --workers above 1. */
   private pool?: WorkerPool;
+  private stopHeapTrim?: () => void;
   private readonly metrics: MeshMetrics;
   private readonly resolver: ServiceResolver;
   private readonly policy = new PolicyEngine();
@@ -297,6 +299,7 @@ export class NodeAgent {
       },
       'node proxy ready',
     );
+    this.stopHeapTrim = startHeapTrim({ ...DEFAULT_HEAP_TRIM, onTrim: heapTrimLogger(this.log) });
   }
 
   /**
@@ -309,6 +312,7 @@ export class NodeAgent {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.scanTimer);
+    this.stopHeapTrim?.();
     await this.source?.stop();
     const replaced =
       this.listeners.length > 0 && (this.datapath?.slots.replaced(0, this.listeners) ?? false);

@@ -13,6 +13,7 @@ import type { DirectPathControl } from '../proxy/direct-flows.js';
 import type { NodeProxy } from '../proxy/node-proxy.js';
 import { ListenerSlots } from '../redirect/listener-slots.js';
 import { openCaptureListener, type CaptureListener } from '../redirect/listeners.js';
+import { DEFAULT_HEAP_TRIM, heapTrimLogger, startHeapTrim } from '../cli/heap-trim.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { MeshMetrics, scrapeMetric } from '../telemetry/metrics.js';
 import { buildNodeProxy, connectionsOf, meshDirectory } from '../cli/data-plane.js';
@@ -105,6 +106,8 @@ class Worker {
     );
     this.slots = ListenerSlots.openPinned(options.bpffs);
     this.slots.fill(worker, this.listeners);
+    // The process exits when it stops, which ends the (unref'd) timer too.
+    startHeapTrim({ ...DEFAULT_HEAP_TRIM, onTrim: heapTrimLogger(this.log) });
   }
 
   handle(message: ToWorker): void {
