@@ -35,6 +35,7 @@ import {
   type HboneStreamRecord,
   type PeerVerdict,
 } from '../src/proxy/hbone/index.js';
+import { ReadBuffers } from '../src/proxy/socket-reader.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
@@ -755,7 +756,7 @@ test('relayStream carries a downstream socket through the pool (outbound shape)'
   const proxied = await listen(t, '127.0.0.1', (downstream) => {
     downstream.pause();
     pool.open(h.request()).then(
-      (stream) => void relayStream(stream, downstream),
+      (stream) => void relayStream(stream, downstream, new ReadBuffers()),
       () => downstream.destroy(),
     );
   });

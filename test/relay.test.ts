@@ -6,9 +6,18 @@ import { once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import net, { type AddressInfo, type Server, type Socket } from 'node:net';
 import { relay } from '../src/proxy/relay.js';
-import { MAX_BYTES_IN_FLIGHT, readSocket } from '../src/proxy/socket-reader.js';
+import {
+  MAX_BYTES_IN_FLIGHT,
+  ReadBuffers,
+  readSocket,
+  type ChunkSink,
+} from '../src/proxy/socket-reader.js';
 
 const CHUNK = 64 * 1024;
+
+/** The proxy's read buffers, as one NodeProxy owns them. */
+const buffers = new ReadBuffers();
+const read = (socket: Socket, sink: ChunkSink) => readSocket(socket, sink, buffers);
 
 /** A connected pair: `client` (ours, the far end) and `accepted` (what the proxy holds). */
 async function pair(): Promise<{ client: Socket; accepted: Socket; server: Server }> {
@@ -54,7 +63,7 @@ test('readSocket: data and FIN sent before the takeover come first, then the res
   await sleep(50);
   const chunks: Buffer[] = [];
   const ended = once(accepted, 'end');
-  const reader = readSocket(accepted, (chunk, release) => {
+  const reader = read(accepted, (chunk, release) => {
     // Copy: the chunk's memory is reused once released.
     chunks.push(Buffer.from(chunk));
     release();
@@ -79,7 +88,7 @@ test('readSocket: a socket that already got its FIN before the takeover still en
   await sleep(50);
   const chunks: Buffer[] = [];
   const ended = once(accepted, 'end');
-  const reader = readSocket(accepted, (chunk, release) => {
+  const reader = read(accepted, (chunk, release) => {
     chunks.push(Buffer.from(chunk));
     release();
   });
@@ -97,7 +106,7 @@ test('readSocket: unreleased chunks stop the reads (bounded), releasing resumes 
   });
   const held: { chunk: Buffer; release: () => void }[] = [];
   let total = 0;
-  const reader = readSocket(accepted, (chunk, release) => {
+  const reader = read(accepted, (chunk, release) => {
     total += chunk.length;
     held.push({ chunk: Buffer.from(chunk), release });
   });
@@ -157,7 +166,7 @@ test('relay: exact bytes and counts both ways, half-close answered after the FIN
   const target = b.accepted;
   const request = randomBytes(3 * 1024 * 1024 + 17);
   const response = randomBytes(2 * 1024 * 1024 + 5);
-  const result = relay(downstream, upstream);
+  const result = relay(downstream, upstream, buffers);
   // The target answers only after the client's FIN arrived: the half-close must carry.
   const atTarget = collect(target).then((got) => {
     target.end(response);
@@ -186,7 +195,7 @@ test('relay: a receiver that stops reading holds the sender back (bounded buffer
   const upstream = b.client;
   const target = b.accepted;
   target.pause();
-  void relay(a.accepted, upstream);
+  void relay(a.accepted, upstream, buffers);
   const piece = randomBytes(CHUNK);
   let sent = 0;
   const limit = 256 * 1024 * 1024;
@@ -214,7 +223,7 @@ test('relay: a reset on one side closes the other and reports the error', async 
       p.server.close();
     }
   });
-  const result = relay(a.accepted, b.client);
+  const result = relay(a.accepted, b.client, buffers);
   a.client.write('hello');
   await once(b.accepted, 'data');
   a.client.on('error', () => {});

@@ -18,6 +18,7 @@ import type {
 } from './flow.js';
 import { DirectFlows, type DirectPathControl } from './direct-flows.js';
 import { relay } from './relay.js';
+import { ReadBuffers } from './socket-reader.js';
 import { UpstreamConnectError, connectUpstream } from './upstream.js';
 import {
   HboneServer,
@@ -134,6 +135,8 @@ export class NodeProxy {
   private readonly hboneFlows = new Map<string, LiveFlow>();
   readonly hboneServer?: HboneServer;
   private readonly direct?: DirectFlows;
+  /** Every relay of this proxy reads through these (one read buffer, one chunk free list). */
+  private readonly readBuffers = new ReadBuffers();
 
   constructor(private readonly options: NodeProxyOptions) {
     if (options.directPath) {
@@ -161,6 +164,7 @@ export class NodeProxy {
           this.connectTunnelTarget(target, clientAddress, request),
         observer: { onStreamClosed: (record) => this.tunnelStreamClosed(record) },
         logger: options.logger,
+        readBuffers: this.readBuffers,
       });
     }
   }
@@ -604,7 +608,7 @@ export class NodeProxy {
     if (upstream.kind === 'socket') {
       this.live.get(flow.id)?.sockets.push(upstream.socket);
       // Neither relay rejects: every ending (FIN, reset, error) resolves with what was moved.
-      void relay(downstream, upstream.socket).then((result) =>
+      void relay(downstream, upstream.socket, this.readBuffers).then((result) =>
         this.finish(flow, {
           kind: 'relayed',
           sent: result.sent,
@@ -614,7 +618,7 @@ export class NodeProxy {
       );
       return;
     }
-    void relayStream(upstream.stream, downstream).then((result) =>
+    void relayStream(upstream.stream, downstream, this.readBuffers).then((result) =>
       this.finish(flow, {
         kind: 'relayed',
         sent: result.fromSocket,

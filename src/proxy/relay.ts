@@ -1,7 +1,7 @@
 // Relaying bytes between two connected sockets in both directions, keeping half-closes
 // (one side's FIN becomes the other side's FIN) and reporting bytes each way.
 import type { Socket } from 'node:net';
-import { readSocket } from './socket-reader.js';
+import { readSocket, type ReadBuffers } from './socket-reader.js';
 
 export interface RelayResult {
   /** Bytes the downstream (client side) sent, delivered upstream. */
@@ -12,7 +12,11 @@ export interface RelayResult {
   readonly error?: Error;
 }
 
-export function relay(downstream: Socket, upstream: Socket): Promise<RelayResult> {
+export function relay(
+  downstream: Socket,
+  upstream: Socket,
+  buffers: ReadBuffers,
+): Promise<RelayResult> {
   return new Promise((resolve) => {
     let firstError: Error | undefined;
     let open = 2;
@@ -33,17 +37,21 @@ export function relay(downstream: Socket, upstream: Socket): Promise<RelayResult
     upstream.on('error', onError);
     downstream.once('close', onClose);
     upstream.once('close', onClose);
-    pump(downstream, upstream);
-    pump(upstream, downstream);
+    pump(downstream, upstream, buffers);
+    pump(upstream, downstream, buffers);
     // Each socket is destroyed by Node once it has both received and sent FIN (autoDestroy).
   });
 }
 
 /** One direction: `from`'s bytes to `to`, and its FIN after them. */
-function pump(from: Socket, to: Socket): void {
+function pump(from: Socket, to: Socket, buffers: ReadBuffers): void {
   from.once('end', () => to.end());
-  readSocket(from, (chunk, release) => {
-    if (to.destroyed) release();
-    else to.write(chunk, release);
-  });
+  readSocket(
+    from,
+    (chunk, release) => {
+      if (to.destroyed) release();
+      else to.write(chunk, release);
+    },
+    buffers,
+  );
 }

@@ -4,9 +4,10 @@
 // answers the external-memory growth with back-to-back Mark-Compacts of the whole heap
 // (the "GC in old space requested" storms of docs/benchmarks.md). Here every socket reads into
 // one shared buffer (net.Socket's `onread` mechanism), and each read is copied into a chunk
-// from a small process-wide free list that goes back to the list once the consumer's write
-// has completed. Bytes in flight per socket are bounded, so a slow consumer pauses the
-// socket (TCP backpressure) instead of making the proxy buffer.
+// from a small free list that goes back to the list once the consumer's write has completed.
+// The buffer and the list belong to a ReadBuffers object that the proxy owns and hands to
+// its relays. Bytes in flight per socket are bounded, so a slow consumer pauses the socket
+// (TCP backpressure) instead of making the proxy buffer.
 import { Socket } from 'node:net';
 
 /** Largest single read; Node's own default read size. */
@@ -22,12 +23,25 @@ export const MAX_BYTES_IN_FLIGHT = 256 * 1024;
 /** Free chunks kept for reuse (4 MiB); the rest are left to the GC. */
 const MAX_FREE_CHUNKS = 64;
 
-/**
- * One buffer for every socket's reads: the data is copied out before the read callback
- * returns, and Node's event loop never runs two read callbacks at once.
- */
-const sharedReadBuffer = Buffer.allocUnsafeSlow(READ_BYTES);
-const freeChunks: Buffer[] = [];
+/** The read buffer and the chunk free list shared by the sockets of one proxy. */
+export class ReadBuffers {
+  /**
+   * One buffer for every socket's reads: the data is copied out before the read callback
+   * returns, and Node's event loop never runs two read callbacks at once.
+   */
+  readonly shared = Buffer.allocUnsafeSlow(READ_BYTES);
+  private readonly free: Buffer[] = [];
+
+  /** A READ_BYTES chunk, reused if one is free. */
+  take(): Buffer {
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(READ_BYTES);
+  }
+
+  /** A chunk whose bytes are no longer referenced. */
+  give(chunk: Buffer): void {
+    if (this.free.length < MAX_FREE_CHUNKS) this.free.push(chunk);
+  }
+}
 
 /**
  * net.Socket keeps its `onread` state under private symbols. They are found once on a
@@ -68,7 +82,7 @@ export interface SocketReader {
  * Node had already buffered (a client that spoke first) goes to the sink first. The caller
  * listens for 'end', 'error' and 'close' itself.
  */
-export function readSocket(socket: Socket, sink: ChunkSink): SocketReader {
+export function readSocket(socket: Socket, sink: ChunkSink, buffers: ReadBuffers): SocketReader {
   const reader = { bytes: 0 };
   const handle = (socket as unknown as { _handle?: UserBufferHandle })._handle;
   if (!onreadSymbols || typeof handle?.useUserBuffer !== 'function' || socket.destroyed) {
@@ -84,7 +98,7 @@ export function readSocket(socket: Socket, sink: ChunkSink): SocketReader {
   let inFlight = 0;
   let stalled = false;
   const release = (chunk: Buffer | undefined, bytes: number) => {
-    if (chunk && freeChunks.length < MAX_FREE_CHUNKS) freeChunks.push(chunk);
+    if (chunk) buffers.give(chunk);
     inFlight -= bytes;
     if (stalled && inFlight < MAX_BYTES_IN_FLIGHT) {
       stalled = false;
@@ -99,7 +113,7 @@ export function readSocket(socket: Socket, sink: ChunkSink): SocketReader {
       copy.set(buffer.subarray(0, nread));
       sink(copy, () => release(undefined, nread));
     } else {
-      const chunk = freeChunks.pop() ?? Buffer.allocUnsafeSlow(READ_BYTES);
+      const chunk = buffers.take();
       chunk.set(buffer.subarray(0, nread));
       let released = false;
       sink(chunk.subarray(0, nread), () => {
@@ -114,10 +128,10 @@ export function readSocket(socket: Socket, sink: ChunkSink): SocketReader {
     return false;
   };
   const s = socket as unknown as Record<symbol, unknown>;
-  s[onreadSymbols.buffer] = sharedReadBuffer;
+  s[onreadSymbols.buffer] = buffers.shared;
   s[onreadSymbols.callback] = onRead;
   s[onreadSymbols.generator] = null;
-  handle.useUserBuffer(sharedReadBuffer);
+  handle.useUserBuffer(buffers.shared);
   // With the symbols set, resume() (re)starts the handle's reads.
   socket.resume();
   return reader;

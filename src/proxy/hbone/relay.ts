@@ -5,7 +5,7 @@
 import type { Socket } from 'node:net';
 import type { Http2Stream } from 'node:http2';
 import { H2_CONNECT_ERROR, H2_NO_ERROR } from './protocol.js';
-import { readSocket, type SocketReader } from '../socket-reader.js';
+import { readSocket, type ReadBuffers, type SocketReader } from '../socket-reader.js';
 
 export interface StreamRelayResult {
   /** Bytes read from the HTTP/2 stream and written to the socket. */
@@ -22,7 +22,11 @@ export interface StreamRelayResult {
  * stream with CONNECT_ERROR (RFC 9113 section 8.5), and a reset stream resets the socket
  * (TCP RST). Never rejects.
  */
-export function relayStream(stream: Http2Stream, socket: Socket): Promise<StreamRelayResult> {
+export function relayStream(
+  stream: Http2Stream,
+  socket: Socket,
+  buffers: ReadBuffers,
+): Promise<StreamRelayResult> {
   return new Promise((resolve) => {
     let fromStream = 0;
     let error: string | undefined;
@@ -96,10 +100,14 @@ export function relayStream(stream: Http2Stream, socket: Socket): Promise<Stream
     socket.once('end', () => {
       if (!stream.destroyed) stream.end();
     });
-    reader = readSocket(socket, (chunk, release) => {
-      if (stream.destroyed) release();
-      else stream.write(chunk, release);
-    });
+    reader = readSocket(
+      socket,
+      (chunk, release) => {
+        if (stream.destroyed) release();
+        else stream.write(chunk, release);
+      },
+      buffers,
+    );
   });
 }
 

@@ -28,6 +28,7 @@ import {
 } from './protocol.js';
 import { keepAlive } from './keepalive.js';
 import { relayStream, resetSocket } from './relay.js';
+import { ReadBuffers } from '../socket-reader.js';
 
 /** What authorize() and the observer learn about one CONNECT. */
 export interface HboneRequestInfo {
@@ -122,6 +123,8 @@ export interface HboneServerOptions {
   readonly timeouts?: Partial<HboneServerTimeouts>;
   /** SETTINGS_MAX_CONCURRENT_STREAMS announced to clients (ztunnel: 200). */
   readonly maxConcurrentStreams?: number;
+  /** Read buffers shared with the rest of the proxy (the server makes its own without). */
+  readonly readBuffers?: ReadBuffers;
 }
 
 export interface HboneServerStats {
@@ -150,9 +153,12 @@ export class HboneServer {
   private counters = { handshakes: 0, rejected: 0, requests: 0, streams: 0 };
   private closing = false;
 
+  private readonly readBuffers: ReadBuffers;
+
   constructor(private readonly options: HboneServerOptions) {
     this.timeouts = { ...DEFAULT_SERVER_TIMEOUTS, ...options.timeouts };
     this.logger = options.logger ?? silentHboneLogger;
+    this.readBuffers = options.readBuffers ?? new ReadBuffers();
   }
 
   /**
@@ -461,7 +467,7 @@ export class HboneServer {
       relaying = true;
       upstream.setNoDelay(true);
       stream.respond({ ':status': 200 });
-      const result = await relayStream(stream, upstream);
+      const result = await relayStream(stream, upstream, this.readBuffers);
       bytesIn = result.fromStream;
       bytesOut = result.fromSocket;
       finish(200, result.error, target);
