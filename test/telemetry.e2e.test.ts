@@ -461,6 +461,20 @@ test.serial('weft_bpf_packets_total counts every connection the client made', as
   t.is(counter('client', 'dropped_no_listener')[0]?.value, 0);
 });
 
+test.serial('the pool, certificate and config gauges describe this node', async (t) => {
+  const samples = await scrape('node-0');
+  // The client's cross-node connections went through pooled tunnels: at least one handshake,
+  // and far fewer than connections.
+  const handshakes = value(samples, 'weft_hbone_pool', { kind: 'handshakes' });
+  t.true(handshakes >= 1 && handshakes < clientConnections, `${handshakes} handshakes`);
+  const expiry = value(samples, 'weft_certificate_expiry_timestamp_seconds', {
+    identity: CLIENT_ID,
+  });
+  t.true(expiry > Date.now() / 1000, 'the client certificate expires in the future');
+  t.true(value(samples, 'weft_config_generation', {}) >= 1);
+  t.is(value(samples, 'weft_config_last_reload_errors', {}), 0);
+});
+
 test.serial(
   'admin: config_dump without keys, the log level at run time, live connections',
   async (t) => {

@@ -11,7 +11,6 @@ import {
   resolveAttachMode,
   type Interface,
 } from '../bpf/attach.js';
-import { COUNTER_FIELDS } from '../bpf/weft-maps.js';
 import { ConfigStore, FileSource, stateObjects, type Workload } from '../config/index.js';
 import type { KubeSource } from '../config/kube-source.js';
 import {
@@ -45,7 +44,7 @@ import {
   type HttpEndpoint,
 } from '../telemetry/http-servers.js';
 import type { Logger } from '../telemetry/logger.js';
-import { MeshMetrics, scrapeMetric } from '../telemetry/metrics.js';
+import { MeshMetrics } from '../telemetry/metrics.js';
 import { WorkerPool } from '../workers/pool.js';
 import type { StateSnapshot, ToWorker, WorkerCertificate } from '../workers/protocol.js';
 import {
@@ -56,6 +55,7 @@ import {
   type ConnectionView,
 } from './data-plane.js';
 import { DEFAULT_HEAP_TRIM, heapTrimLogger, startHeapTrim } from './heap-trim.js';
+import { registerNodeMetrics } from './node-metrics.js';
 import { CliError, type NodeOptions } from './options.js';
 import type { StatusDump } from './status.js';
 
@@ -549,90 +549,16 @@ export class NodeAgent {
   }
 
   private registerScrapeMetrics(): void {
-    const registry = this.metrics.registry;
-    const bpfCounters = () => {
-      const out: { labels: Record<'pod' | 'namespace' | 'counter', string>; value: number }[] = [];
-      if (!this.datapath) return out;
-      for (const pod of this.localPods) {
-        const counters = this.datapath.maps.counters.get(pod.workload.ip);
-        for (const field of COUNTER_FIELDS) {
-          out.push({
-            labels: {
-              pod: pod.workload.name,
-              namespace: pod.workload.namespace,
-              counter: snake(field),
-            },
-            value: Number(counters?.[field] ?? 0n),
-          });
-        }
-      }
-      return out;
-    };
-    scrapeMetric(
-      registry,
-      {
-        name: 'weft_bpf_packets_total',
-        help: 'Redirect program decisions per local pod (captured counts new connections)',
-        type: 'counter',
-        labelNames: ['pod', 'namespace', 'counter'],
-      },
-      bpfCounters,
-    );
-    scrapeMetric(
-      registry,
-      {
-        name: 'weft_certificate_expiry_timestamp_seconds',
-        help: 'When each workload certificate held by this node expires',
-        type: 'gauge',
-        labelNames: ['identity'],
-      },
-      () =>
-        (this.certificates?.list() ?? [])
-          .filter((c) => c.notAfter)
-          .map((c) => ({
-            labels: { identity: c.spiffeId },
-            value: Date.parse(c.notAfter!) / 1000,
-          })),
-    );
-    // With workers, each reports its own pool (summed at scrape).
-    if (this.options.workers === 1) {
-      scrapeMetric(
-        registry,
-        {
-          name: 'weft_hbone_pool',
-          help: 'HBONE client pool: live connections, open streams, handshakes done',
-          type: 'gauge',
-          labelNames: ['kind'],
-        },
-        () => {
-          const stats = this.poolStats();
-          return Object.entries(stats.client ?? {}).map(([kind, value]) => ({
-            labels: { kind },
-            value: Number(value),
-          }));
-        },
-      );
-    }
-    scrapeMetric(
-      registry,
-      {
-        name: 'weft_config_generation',
-        help: 'Generation of the cluster state in force',
-        type: 'gauge',
-        labelNames: [],
-      },
-      () => [{ labels: {}, value: this.store.generation }],
-    );
-    scrapeMetric(
-      registry,
-      {
-        name: 'weft_config_last_reload_errors',
-        help: 'Invalid objects in the last config load (their last good versions stay in force)',
-        type: 'gauge',
-        labelNames: [],
-      },
-      () => [{ labels: {}, value: this.lastReloadErrors.length }],
-    );
+    registerNodeMetrics(this.metrics.registry, {
+      localPods: () => this.localPods.map((p) => p.workload),
+      podCounters: (ip) => this.datapath?.maps.counters.get(ip),
+      certificates: () => this.certificates?.list() ?? [],
+      // With workers, each reports its own pool (summed at scrape).
+      hbonePool:
+        this.options.workers === 1 ? () => ({ ...(this.poolStats().client ?? {}) }) : undefined,
+      configGeneration: () => this.store.generation,
+      lastReloadErrors: () => this.lastReloadErrors.length,
+    });
   }
 
   private poolStats(): ReturnType<NodeProxy['tunnelStats']> {
@@ -878,7 +804,3 @@ export class NodeAgent {
 const REDIRECTION_ANNOTATION = 'weft.io/redirection';
 /** How long a replaced process keeps accepting what was queued on its listeners. */
 const HANDOVER_ACCEPT_MS = 1000;
-
-function snake(name: string): string {
-  return name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
-}
