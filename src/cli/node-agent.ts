@@ -11,7 +11,13 @@ import {
   resolveAttachMode,
   type Interface,
 } from '../bpf/attach.js';
-import { ConfigStore, FileSource, stateObjects, type Workload } from '../config/index.js';
+import {
+  ConfigStore,
+  FileSource,
+  changedObjects,
+  stateObjects,
+  type Workload,
+} from '../config/index.js';
 import type { KubeSource } from '../config/kube-source.js';
 import {
   CertificateManager,
@@ -264,13 +270,18 @@ export class NodeAgent {
       throw error;
     }
 
-    this.store.on('change', () =>
+    this.store.on('change', (state, diff) =>
       this.safely(() => {
         this.reconcile(Date.now());
         this.proxy?.invalidateDirectVerdicts();
         this.resolver.retainLive();
         this.rebuildPolicy();
-        this.pool?.broadcast({ type: 'state', state: this.snapshot() });
+        // Every worker holds the state before this change: the init state at its fork, then
+        // each change in order.
+        this.pool?.broadcast({
+          type: 'stateChange',
+          change: { generation: state.generation, ...changedObjects(state, diff) },
+        });
       }),
     );
     // The periodic scan only looks for interfaces (and addresses) that came or went; a full

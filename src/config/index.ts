@@ -25,6 +25,7 @@ export {
 export type { KindTranslator, ObjectMeta } from './kinds/translator.js';
 export {
   ConfigStore,
+  changedObjects,
   stateObjects,
   type ConfigStoreEvents,
   type ConfigStoreOptions,

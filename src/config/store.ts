@@ -318,6 +318,32 @@ export function stateObjects(state: ClusterState): TranslatedObject[] {
 }
 
 /**
+ * What a change did, as a source would publish it: the objects added or updated (with their
+ * values in `state`) and the refs removed. A copy of the state kept with
+ * `replaceFromSource` follows along by applying these (see workers/state-mirror.ts).
+ */
+export function changedObjects(
+  state: ClusterState,
+  diff: ClusterDiff,
+): { upserts: TranslatedObject[]; removed: ObjectRef[] } {
+  const maps = stateMaps(state);
+  const upserts: TranslatedObject[] = [];
+  const removed: ObjectRef[] = [];
+  for (const kind of KINDS) {
+    const d = diff[kind];
+    for (const ref of [...d.added, ...d.updated]) {
+      const value = maps[kind].get(objectKey(ref));
+      // Each map only holds values of its kind, so the pairing is sound.
+      if (value !== undefined) {
+        upserts.push({ kind, ref, value, origin: {} } as TranslatedObject);
+      }
+    }
+    removed.push(...d.removed);
+  }
+  return { upserts, removed };
+}
+
+/**
  * A kind's next map: `prev` (sorted by key) with `diff` applied, still sorted by key. Values
  * not in the diff keep their identity; `objs` has the objects of the changed keys.
  */

@@ -14,6 +14,7 @@ import type { NodeProxy } from '../proxy/node-proxy.js';
 import { ListenerSlots } from '../redirect/listener-slots.js';
 import { openCaptureListener, type CaptureListener } from '../redirect/listeners.js';
 import { DEFAULT_HEAP_TRIM, heapTrimLogger, startHeapTrim } from '../cli/heap-trim.js';
+import { StateMirror } from './state-mirror.js';
 import { createLogger, type Logger } from '../telemetry/logger.js';
 import { MeshMetrics, scrapeMetric } from '../telemetry/metrics.js';
 import { buildNodeProxy, connectionsOf, meshDirectory } from '../cli/data-plane.js';
@@ -36,8 +37,8 @@ class Worker {
   private readonly proxy: NodeProxy;
   private readonly listeners: CaptureListener[] = [];
   private slots?: ListenerSlots;
-  /** The control plane's generation of the state in force here (tags direct-path verdicts). */
-  private generation: number;
+  /** The control plane's state, kept in step; its generation tags direct-path verdicts. */
+  private readonly state: StateMirror;
   private stopping = false;
 
   constructor(
@@ -46,8 +47,7 @@ class Worker {
   ) {
     const { options } = init;
     this.store = new ConfigStore({ logger: log.child({ component: 'config' }) });
-    this.generation = init.state.generation;
-    this.store.replaceFromSource(STATE_SOURCE, init.state.objects);
+    this.state = new StateMirror(this.store, STATE_SOURCE, init.state);
     this.resolver = new ServiceResolver(this.store, options.nodeName);
     this.metrics = new MeshMetrics({ seriesBudget: options.seriesBudget });
     if (options.ca) {
@@ -112,9 +112,8 @@ class Worker {
 
   handle(message: ToWorker): void {
     switch (message.type) {
-      case 'state':
-        this.generation = message.state.generation;
-        this.store.replaceFromSource(STATE_SOURCE, message.state.objects);
+      case 'stateChange':
+        this.state.apply(message.change);
         return;
       case 'certificate':
         this.credentials?.put(message.certificate);
@@ -193,7 +192,7 @@ class Worker {
   private directPathControl(): DirectPathControl {
     return {
       allow: (verdict) => {
-        void send({ type: 'allow', generation: this.generation, verdict });
+        void send({ type: 'allow', generation: this.state.generation, verdict });
         return true;
       },
       clearVerdicts: () => 0,

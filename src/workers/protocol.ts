@@ -8,7 +8,7 @@
 //
 // protocol.ts: every IPC message, typed. The channel uses `serialization: 'advanced'`
 // (structured clone), so Maps, Dates and bigints cross as they are.
-import type { TranslatedObject } from '../config/index.js';
+import type { ObjectRef, TranslatedObject } from '../config/index.js';
 import type { NodeOptions } from '../cli/options.js';
 
 /** A workload certificate as a worker needs it. The key is never logged. */
@@ -28,6 +28,17 @@ export interface StateSnapshot {
   readonly objects: readonly TranslatedObject[];
 }
 
+/**
+ * One change of the cluster state: the objects added or updated, the refs removed, and the
+ * generation it made. Only what changed crosses the channel (a full state is ~10 MB at
+ * 10,000 pods), and a worker compares only those objects.
+ */
+export interface StateChange {
+  readonly generation: number;
+  readonly upserts: readonly TranslatedObject[];
+  readonly removed: readonly ObjectRef[];
+}
+
 export type QueryKind = 'metrics' | 'connections' | 'pools';
 
 export type ToWorker =
@@ -42,7 +53,8 @@ export type ToWorker =
       readonly bundles: readonly (readonly [string, string])[];
       readonly certificates: readonly WorkerCertificate[];
     }
-  | { readonly type: 'state'; readonly state: StateSnapshot }
+  /** What the last config change did (every worker has the state before it). */
+  | { readonly type: 'stateChange'; readonly change: StateChange }
   | { readonly type: 'certificate'; readonly certificate: WorkerCertificate }
   | { readonly type: 'certificateDropped'; readonly spiffeId: string }
   | { readonly type: 'query'; readonly id: number; readonly what: QueryKind }
