@@ -97,6 +97,42 @@ test('readSocket: a socket that already got its FIN before the takeover still en
   t.is(reader.bytes, 11);
 });
 
+test('readSocket: a chunk counts whole, so many small reads cannot pin many chunks', async (t) => {
+  const { client, accepted, server } = await pair();
+  t.teardown(() => {
+    client.destroy();
+    accepted.destroy();
+    server.close();
+  });
+  // 8 KiB messages read one at a time: each takes a 64 KiB chunk. Counted by the bytes read,
+  // 32 of them (2 MiB of chunks) would fit under the limit; counted by chunk, only 4 do.
+  const held: (() => void)[] = [];
+  let bytes = 0;
+  read(accepted, (chunk, release) => {
+    bytes += chunk.length;
+    held.push(release);
+  });
+  const message = randomBytes(8 * 1024);
+  let written = 0;
+  for (let i = 0; i < 12; i++) {
+    const before = held.length;
+    client.write(message);
+    written += message.length;
+    for (let w = 0; w < 20 && held.length === before; w++) await sleep(10);
+    if (held.length === before) break;
+  }
+  t.is(held.length, MAX_BYTES_IN_FLIGHT / CHUNK, `${held.length} reads before the stop`);
+  // Releasing resumes the reads: every byte written arrives.
+  const ended = once(accepted, 'end');
+  const drainHeld = setInterval(() => {
+    for (const release of held.splice(0)) release();
+  }, 5);
+  t.teardown(() => clearInterval(drainHeld));
+  client.end();
+  await ended;
+  t.is(bytes, written);
+});
+
 test('readSocket: unreleased chunks stop the reads (bounded), releasing resumes them', async (t) => {
   const { client, accepted, server } = await pair();
   t.teardown(() => {

@@ -17,7 +17,8 @@ const SMALL_READ_BYTES = 4 * 1024;
 /**
  * Bytes handed to the consumer and not yet released, per socket, before reads stop: about
  * what Node's own pipe() let a socket hold (a 64 KiB read buffer plus the writable buffer),
- * so a thousand connections facing slow readers still fit in a node proxy's memory.
+ * so a thousand connections facing slow readers still fit in a node proxy's memory. A chunk
+ * counts with its whole size, so this bounds the memory pinned, not just the bytes read.
  */
 export const MAX_BYTES_IN_FLIGHT = 256 * 1024;
 /** Free chunks kept for reuse (4 MiB); the rest are left to the GC. */
@@ -107,19 +108,21 @@ export function readSocket(socket: Socket, sink: ChunkSink, buffers: ReadBuffers
   };
   const onRead = (nread: number, buffer: Uint8Array): boolean => {
     reader.bytes += nread;
-    inFlight += nread;
     if (nread < SMALL_READ_BYTES) {
+      inFlight += nread;
       const copy = Buffer.allocUnsafe(nread);
       copy.set(buffer.subarray(0, nread));
       sink(copy, () => release(undefined, nread));
     } else {
+      // A chunk pins its whole size however little of it a read filled.
       const chunk = buffers.take();
+      inFlight += chunk.length;
       chunk.set(buffer.subarray(0, nread));
       let released = false;
       sink(chunk.subarray(0, nread), () => {
         if (released) return;
         released = true;
-        release(chunk, nread);
+        release(chunk, chunk.length);
       });
     }
     if (inFlight < MAX_BYTES_IN_FLIGHT) return true;
