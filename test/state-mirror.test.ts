@@ -92,3 +92,31 @@ test('changes alone keep a worker copy equal to the control plane state', (t) =>
   t.is(worker.workload('shop', 'web')?.labels.version, 'v2');
   t.is(worker.serviceByVip('10.96.0.20'), undefined);
 });
+
+test('a change that skips a generation is refused; the whole state puts the copy right', (t) => {
+  const control = new ConfigStore();
+  control.replaceFromSource('files', objects([pod('web', '198.19.0.10')]));
+  const worker = new ConfigStore();
+  const mirror = new StateMirror(worker, 'control-plane', {
+    generation: control.generation,
+    objects: stateObjects(control.state),
+  });
+  const changes: Parameters<StateMirror['apply']>[0][] = [];
+  control.on('change', (state, diff) =>
+    changes.push({ generation: state.generation, ...changedObjects(state, diff) }),
+  );
+  control.replaceFromSource(
+    'files',
+    objects([pod('web', '198.19.0.10'), pod('api', '198.19.0.20')]),
+  );
+  control.replaceFromSource('files', objects([pod('api', '198.19.0.20')]));
+  t.is(changes.length, 2);
+  // The first change is lost on the way: the second does not follow what the copy holds.
+  const before = stateObjects(worker.state);
+  t.false(mirror.apply(changes[1]!));
+  t.deepEqual(stateObjects(worker.state), before, 'nothing was applied');
+  mirror.reset({ generation: control.generation, objects: stateObjects(control.state) });
+  t.is(mirror.generation, control.generation);
+  t.deepEqual(stateObjects(worker.state), stateObjects(control.state));
+  t.is(worker.workload('shop', 'web'), undefined);
+});

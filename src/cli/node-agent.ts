@@ -270,20 +270,22 @@ export class NodeAgent {
       throw error;
     }
 
-    this.store.on('change', (state, diff) =>
+    this.store.on('change', (state, diff) => {
+      // First and on its own: a worker holds the state before this change (its start-up
+      // state, then each change in order) and asks for the whole state if one goes missing.
+      this.safely(() =>
+        this.pool?.broadcast({
+          type: 'stateChange',
+          change: { generation: state.generation, ...changedObjects(state, diff) },
+        }),
+      );
       this.safely(() => {
         this.reconcile(Date.now());
         this.proxy?.invalidateDirectVerdicts();
         this.resolver.retainLive();
         this.rebuildPolicy();
-        // Every worker holds the state before this change: the init state at its fork, then
-        // each change in order.
-        this.pool?.broadcast({
-          type: 'stateChange',
-          change: { generation: state.generation, ...changedObjects(state, diff) },
-        });
-      }),
-    );
+      });
+    });
     // The periodic scan only looks for interfaces (and addresses) that came or went; a full
     // reconcile, which reads every map entry, runs only when they did.
     this.scanTimer = setInterval(
@@ -485,6 +487,7 @@ export class NodeAgent {
       entry: WORKER_ENTRY,
       log: this.log.child({ component: 'workers' }),
       initFor,
+      stateFor: () => ({ type: 'state', state: this.snapshot() }),
       // A verdict decided against an older state than ours may be stale: the cleared map
       // stays clear, and the next connection of the pair is decided again.
       onAllow: (message) => {

@@ -113,7 +113,16 @@ class Worker {
   handle(message: ToWorker): void {
     switch (message.type) {
       case 'stateChange':
-        this.state.apply(message.change);
+        if (!this.state.apply(message.change)) {
+          this.log.warn(
+            { held: this.state.generation, change: message.change.generation },
+            'a state change does not follow the state held here: asking for the whole state',
+          );
+          void send({ type: 'resync', generation: this.state.generation });
+        }
+        return;
+      case 'state':
+        this.state.reset(message.state);
         return;
       case 'certificate':
         this.credentials?.put(message.certificate);

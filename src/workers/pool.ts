@@ -18,6 +18,8 @@ export interface WorkerPoolOptions {
   readonly initFor: (worker: number) => Init;
   /** A direct-path verdict a worker decided. */
   readonly onAllow: (message: Extract<FromWorker, { type: 'allow' }>) => void;
+  /** The whole state in force, for a worker that found a change missing. */
+  readonly stateFor: () => Extract<ToWorker, { type: 'state' }>;
   readonly restartBackoff?: { readonly initialMs: number; readonly maxMs: number };
 }
 
@@ -164,6 +166,13 @@ export class WorkerPool {
         return;
       case 'allow':
         this.options.onAllow(message);
+        return;
+      case 'resync':
+        this.options.log.warn(
+          { worker: r.index, generation: message.generation },
+          'a data-plane worker missed a state change: sending it the whole state',
+        );
+        if (r.child.connected) r.child.send(this.options.stateFor());
         return;
       case 'reply':
         this.pending.get(message.id)?.(message.value);

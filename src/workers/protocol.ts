@@ -55,6 +55,8 @@ export type ToWorker =
     }
   /** What the last config change did (every worker has the state before it). */
   | { readonly type: 'stateChange'; readonly change: StateChange }
+  /** The whole state, to a worker that asked for it (it found a change missing). */
+  | { readonly type: 'state'; readonly state: StateSnapshot }
   | { readonly type: 'certificate'; readonly certificate: WorkerCertificate }
   | { readonly type: 'certificateDropped'; readonly spiffeId: string }
   | { readonly type: 'query'; readonly id: number; readonly what: QueryKind }
@@ -73,6 +75,8 @@ export type FromWorker =
       readonly verdict: { clientIp: string; serverIp: string; serverPort: number };
     }
   | { readonly type: 'reply'; readonly id: number; readonly value: unknown }
+  /** A change did not follow the state this worker holds: send the whole state. */
+  | { readonly type: 'resync'; readonly generation: number }
   | { readonly type: 'stopped'; readonly resetConnections: number };
 
 export function isFromWorker(message: unknown): message is FromWorker {
