@@ -290,7 +290,11 @@ for (const api of APIS) {
       const logged = await eventually(async () => cutEntry() !== undefined, 5000);
       const recent = JSON.stringify(mesh.accessLog(api.decidedOn).slice(-3));
       t.true(logged, `a cut is logged on ${api.decidedOn}; its last entries: ${recent}`);
-      t.is(cutEntry()?.policy, 'shop/deny-web', 'the access log names the policy that cut it');
+      t.is(
+        cutEntry()?.policy,
+        'shop/deny-web',
+        `the access log names the policy that cut it: ${JSON.stringify(cutEntry())}`,
+      );
       if (to === 'api-local') t.is(cutEntry()?.datapath, 'bpf', 'it was a direct flow');
     } finally {
       await holder.stop();
