@@ -1,7 +1,7 @@
 // The plaintext relay loops (src/proxy/socket-reader.ts, src/proxy/relay.ts) on loopback:
 // exact bytes and counts, data the client sent before the relay took over, half-closes, and
 // a bounded amount of buffered data when the receiver stops reading.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import net, { type AddressInfo, type Server, type Socket } from 'node:net';
@@ -19,8 +19,13 @@ const CHUNK = 64 * 1024;
 const buffers = new ReadBuffers();
 const read = (socket: Socket, sink: ChunkSink) => readSocket(socket, sink, buffers);
 
-/** A connected pair: `client` (ours, the far end) and `accepted` (what the proxy holds). */
-async function pair(): Promise<{ client: Socket; accepted: Socket; server: Server }> {
+/**
+ * A connected pair: `client` (ours, the far end) and `accepted` (what the proxy holds), torn
+ * down when the test ends.
+ */
+async function pair(
+  t: ExecutionContext,
+): Promise<{ client: Socket; accepted: Socket; server: Server }> {
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -29,6 +34,11 @@ async function pair(): Promise<{ client: Socket; accepted: Socket; server: Serve
   const client = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
   await once(client, 'connect');
   const [accepted] = await acceptedP;
+  t.teardown(() => {
+    client.destroy();
+    accepted.destroy();
+    server.close();
+  });
   return { client, accepted, server };
 }
 
@@ -50,12 +60,7 @@ function sleep(ms: number): Promise<void> {
 }
 
 test('readSocket: data and FIN sent before the takeover come first, then the rest, exactly', async (t) => {
-  const { client, accepted, server } = await pair();
-  t.teardown(() => {
-    client.destroy();
-    accepted.destroy();
-    server.close();
-  });
+  const { client, accepted } = await pair(t);
   accepted.pause();
   const early = randomBytes(3000);
   const late = randomBytes(5 * CHUNK + 123);
@@ -77,12 +82,7 @@ test('readSocket: data and FIN sent before the takeover come first, then the res
 });
 
 test('readSocket: a socket that already got its FIN before the takeover still ends', async (t) => {
-  const { client, accepted, server } = await pair();
-  t.teardown(() => {
-    client.destroy();
-    accepted.destroy();
-    server.close();
-  });
+  const { client, accepted } = await pair(t);
   accepted.pause();
   client.end(Buffer.from('all at once'));
   await sleep(50);
@@ -98,12 +98,7 @@ test('readSocket: a socket that already got its FIN before the takeover still en
 });
 
 test('readSocket: a chunk counts whole, so many small reads cannot pin many chunks', async (t) => {
-  const { client, accepted, server } = await pair();
-  t.teardown(() => {
-    client.destroy();
-    accepted.destroy();
-    server.close();
-  });
+  const { client, accepted } = await pair(t);
   // 8 KiB messages read one at a time: each takes a 64 KiB chunk. Counted by the bytes read,
   // 32 of them (2 MiB of chunks) would fit under the limit; counted by chunk, only 4 do.
   const held: (() => void)[] = [];
@@ -134,12 +129,7 @@ test('readSocket: a chunk counts whole, so many small reads cannot pin many chun
 });
 
 test('readSocket: unreleased chunks stop the reads (bounded), releasing resumes them', async (t) => {
-  const { client, accepted, server } = await pair();
-  t.teardown(() => {
-    client.destroy();
-    accepted.destroy();
-    server.close();
-  });
+  const { client, accepted } = await pair(t);
   const held: { chunk: Buffer; release: () => void }[] = [];
   let total = 0;
   const reader = read(accepted, (chunk, release) => {
@@ -188,15 +178,8 @@ test('readSocket: unreleased chunks stop the reads (bounded), releasing resumes 
 });
 
 test('relay: exact bytes and counts both ways, half-close answered after the FIN', async (t) => {
-  const a = await pair(); // client app <-> proxy (downstream)
-  const b = await pair(); // proxy (upstream) <-> target app
-  t.teardown(() => {
-    for (const p of [a, b]) {
-      p.client.destroy();
-      p.accepted.destroy();
-      p.server.close();
-    }
-  });
+  const a = await pair(t); // client app <-> proxy (downstream)
+  const b = await pair(t); // proxy (upstream) <-> target app
   const downstream = a.accepted;
   const upstream = b.client;
   const target = b.accepted;
@@ -219,15 +202,8 @@ test('relay: exact bytes and counts both ways, half-close answered after the FIN
 });
 
 test('relay: a receiver that stops reading holds the sender back (bounded buffering)', async (t) => {
-  const a = await pair();
-  const b = await pair();
-  t.teardown(() => {
-    for (const p of [a, b]) {
-      p.client.destroy();
-      p.accepted.destroy();
-      p.server.close();
-    }
-  });
+  const a = await pair(t);
+  const b = await pair(t);
   const upstream = b.client;
   const target = b.accepted;
   target.pause();
@@ -250,15 +226,8 @@ test('relay: a receiver that stops reading holds the sender back (bounded buffer
 });
 
 test('relay: a reset on one side closes the other and reports the error', async (t) => {
-  const a = await pair();
-  const b = await pair();
-  t.teardown(() => {
-    for (const p of [a, b]) {
-      p.client.destroy();
-      p.accepted.destroy();
-      p.server.close();
-    }
-  });
+  const a = await pair(t);
+  const b = await pair(t);
   const result = relay(a.accepted, b.client, buffers);
   a.client.write('hello');
   await once(b.accepted, 'data');
